@@ -1,0 +1,87 @@
+"""Split a batch of jobs into pipeline calls, and the results back into jobs.
+
+One diffusers call takes one width, height, step count and guidance value, so a
+batch is grouped by the job's shape key. Jobs with and without a negative prompt
+are kept apart too: SDXL treats "no negative prompt" as zero embeddings, and an
+empty-string stand-in would change those images depending on their batch mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve_app.job import GenerationJob
+
+
+@dataclass
+class GenerationGroup:
+    """Images that one pipeline call produces, with where each one belongs."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    mode: str
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] | None = None
+    seeds: list[int] = field(default_factory=list)
+    # (job index in the batch, image index within that job), one per image.
+    owners: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+
+def count_images(jobs: Sequence[GenerationJob]) -> int:
+    """``batch_size_fn`` for ``@serve.batch``: the batch limit counts images."""
+    return sum(job.n for job in jobs)
+
+
+def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
+    """Group every image of every job by shape, keeping first-seen order."""
+    groups: dict[tuple[object, ...], GenerationGroup] = {}
+    for job_index, job in enumerate(jobs):
+        has_negative = job.negative_prompt is not None
+        key = (*job.shape_key, has_negative)
+        group = groups.get(key)
+        if group is None:
+            group = GenerationGroup(
+                width=job.gen_width,
+                height=job.gen_height,
+                steps=job.steps,
+                guidance=job.guidance,
+                mode=job.mode,
+                negative_prompts=[] if has_negative else None,
+            )
+            groups[key] = group
+        for image_index, seed in enumerate(job.seeds):
+            group.prompts.append(job.prompt)
+            if group.negative_prompts is not None:
+                group.negative_prompts.append(job.negative_prompt or "")
+            group.seeds.append(seed)
+            group.owners.append((job_index, image_index))
+    return list(groups.values())
+
+
+def scatter(
+    jobs: Sequence[GenerationJob],
+    groups: Sequence[GenerationGroup],
+    outputs: Sequence[np.ndarray],
+) -> list[np.ndarray]:
+    """Reassemble per-group image stacks into one ``(n, H, W, C)`` stack per job."""
+    per_job: list[list[np.ndarray | None]] = [[None] * job.n for job in jobs]
+    for group, images in zip(groups, outputs, strict=True):
+        if len(images) != group.size:
+            raise RuntimeError(f"pipeline returned {len(images)} images for {group.size} seeds")
+        for (job_index, image_index), image in zip(group.owners, images, strict=True):
+            per_job[job_index][image_index] = image
+    stacks = []
+    for job, images in zip(jobs, per_job, strict=True):
+        if any(image is None for image in images):
+            raise RuntimeError(f"job {job.request_id} is missing images")
+        stacks.append(np.stack(images))  # type: ignore[arg-type]
+    return stacks

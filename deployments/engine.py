@@ -1,0 +1,155 @@
+"""The diffusion engine: loads a pipeline from config and runs one group per call.
+
+torch and diffusers are imported inside this module's functions only, so the
+ingress and the encoder never pay for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from deployments.batching import GenerationGroup
+from deployments.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
+from serve_app.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger("imagegen.engine")
+
+# Called after each denoising step with (step index, total steps). The seam for
+# streaming partial images; it must be cheap, it runs inside the pipeline loop.
+StepCallback = Callable[[int, int], None]
+
+
+class Engine(Protocol):
+    """What the model server needs from an engine."""
+
+    def generate(self, group: GenerationGroup, on_step: StepCallback | None = None) -> np.ndarray:
+        """Return a ``(group.size, height, width, 3)`` uint8 array, in seed order."""
+        ...
+
+
+EngineFactory = Callable[[ModelConfig], Engine]
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model config asks for device 'cuda' but no CUDA device is visible")
+    return name
+
+
+def _resolve_file(ref: str) -> Path:
+    """A local path, or ``hf://<owner>/<repo>/<file>`` fetched through the hub cache."""
+    if ref.startswith("hf://"):
+        from huggingface_hub import hf_hub_download
+
+        owner, repo, filename = ref.removeprefix("hf://").split("/", 2)
+        return Path(hf_hub_download(f"{owner}/{repo}", filename))
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"unet_weights file not found: {path}")
+    return path
+
+
+class DiffusersEngine:
+    """An SDXL pipeline loaded with ``from_pretrained`` from any configured source."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        import diffusers
+        import torch
+
+        self.torch_threads = config.torch_threads
+        self._pin_threads()
+        self.device = _pick_device(config.device)
+        dtype = _torch_dtype(config.dtype)
+        source: str | Path = config.source
+        local_only = config.local_files_only
+        if config.source.startswith(BUILTIN_PREFIX):
+            source, local_only = resolve_builtin(config.source), True
+        pipeline_cls = getattr(diffusers, config.pipeline)
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": local_only}
+        if config.revision:
+            kwargs["revision"] = config.revision
+        if config.variant:
+            kwargs["variant"] = config.variant
+        pipe = pipeline_cls.from_pretrained(source, **kwargs)
+        if config.unet_weights:
+            from safetensors.torch import load_file
+
+            state = load_file(str(_resolve_file(config.unet_weights)))
+            pipe.unet.load_state_dict(state)
+        if config.scheduler is not None:
+            scheduler_cls = getattr(diffusers, config.scheduler.class_name, None)
+            if scheduler_cls is None:
+                raise ValueError(f"unknown scheduler class {config.scheduler.class_name!r}")
+            pipe.scheduler = scheduler_cls.from_config(
+                pipe.scheduler.config, **config.scheduler.config
+            )
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        logger.info(
+            "loaded %s from %s on %s (%s, %d torch threads)",
+            config.id,
+            source,
+            self.device,
+            config.dtype,
+            torch.get_num_threads(),
+        )
+
+    def _pin_threads(self) -> None:
+        """OpenMP thread counts are per calling thread, so pin in whichever thread runs us."""
+        import torch
+
+        if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+
+    def generate(self, group: GenerationGroup, on_step: StepCallback | None = None) -> np.ndarray:
+        import torch
+
+        self._pin_threads()
+        # 1. One CPU generator per image: the same seed gives the same latents on any
+        #    device and at any position in the batch.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in group.seeds]
+        callback = None
+        if on_step is not None:
+
+            def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
+                on_step(step, group.steps)
+                return kwargs
+
+        # 2. One pipeline call for the whole group.
+        with torch.inference_mode():
+            result = self.pipe(
+                prompt=group.prompts,
+                negative_prompt=group.negative_prompts,
+                width=group.width,
+                height=group.height,
+                num_inference_steps=group.steps,
+                guidance_scale=group.guidance,
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=callback,
+            )
+        # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
+        images = np.asarray(result.images)
+        return (images * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def diffusers_engine_factory(config: ModelConfig) -> Engine:
+    return DiffusersEngine(config)

@@ -1,0 +1,70 @@
+"""The typed application builder referenced by ``serve_config.yaml``.
+
+``build_app(args)`` validates the YAML ``args`` block, creates one model
+deployment per configured model and one encoder, and binds the ingress to them.
+Nothing is bound at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.encoder import Encoder
+from deployments.model_server import ModelServer
+from serve_app.config import ImageServingArgs
+from serve_app.ingress import Ingress
+
+logger = logging.getLogger("imagegen.app")
+
+SIGNING_KEY_ENV = "IMAGEGEN_URL_SIGNING_KEY"
+
+
+def url_signing_key() -> str:
+    """The key for image URLs: from the environment, else a fresh one per deploy."""
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if key:
+        return key
+    logger.warning(
+        "%s is not set; image URLs use a random key and stop working after a redeploy",
+        SIGNING_KEY_ENV,
+    )
+    return secrets.token_hex(32)
+
+
+def build_app(args: ImageServingArgs | dict[str, Any]) -> Application:
+    config = ImageServingArgs.model_validate(args)
+    signing_key = url_signing_key()
+    models = {}
+    for model in config.models:
+        deployment = serve.deployment(ModelServer).options(
+            name=model.deployment_name(),
+            user_config=model.batching.model_dump(),
+            **_with_defaults(
+                model.deployment.to_serve_options(),
+                # Requests waiting for the running batch count as ongoing; at Ray's
+                # default of 5 a batch could never grow past 5.
+                max_ongoing_requests=4 * model.batching.max_batch_size,
+            ),
+        )
+        models[model.id] = deployment.bind(model.model_dump(mode="json"))
+    encoder = (
+        serve.deployment(Encoder)
+        .options(name="Encoder", **config.encoder.deployment.to_serve_options())
+        .bind(config.storage.model_dump(mode="json"), signing_key)
+    )
+    ingress_cls = serve.ingress()(Ingress)
+    return (
+        serve.deployment(ingress_cls)
+        .options(name="Ingress", **config.ingress.deployment.to_serve_options())
+        .bind(config.model_dump(mode="json"), models, encoder, signing_key)
+    )
+
+
+def _with_defaults(options: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    return {**defaults, **options}

@@ -1,0 +1,207 @@
+"""Typed application config: the ``args`` block of ``serve_config.yaml``.
+
+Config models forbid unknown keys, so a typo fails at startup instead of being
+ignored. Ray's own ``AutoscalingConfig`` silently accepts unknown keys and
+``min_replicas > max_replicas``; :class:`DeploymentOptions` checks both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.protocol import OPENAI_SIZES
+from serve_app.sizes import SDXL_BUCKETS, scaled_bucket
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentOptions(StrictModel):
+    """Options passed to ``Deployment.options(...)`` for one deployment."""
+
+    num_replicas: int | None = Field(default=None, ge=0)
+    autoscaling_config: dict[str, Any] | None = None
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = Field(default=None, ge=-1)
+    ray_actor_options: dict[str, Any] | None = None
+    health_check_period_s: float | None = Field(default=None, gt=0)
+    graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _check_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from ray.serve.config import AutoscalingConfig
+
+        unknown = sorted(set(value) - set(AutoscalingConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown autoscaling_config keys: {unknown}")
+        parsed = AutoscalingConfig(**value)
+        if parsed.min_replicas > parsed.max_replicas:
+            raise ValueError(
+                f"autoscaling_config min_replicas ({parsed.min_replicas}) is greater "
+                f"than max_replicas ({parsed.max_replicas})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        return self
+
+    def to_serve_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class BatchingConfig(StrictModel):
+    """``@serve.batch`` limits; both can be changed live through ``user_config``."""
+
+    max_batch_size: int = Field(default=16, ge=1, description="Images per batch, not requests.")
+    batch_wait_timeout_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Extra wait for a batch to fill once the model is free. "
+        "Batches already form from what queued while the previous batch ran.",
+    )
+
+
+class SchedulerConfig(StrictModel):
+    """Swap the checkpoint's scheduler, e.g. trailing Euler for SDXL-Lightning."""
+
+    class_name: str = Field(pattern=r"^[A-Za-z0-9_]+Scheduler$")
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(StrictModel):
+    """One served model: where its weights come from and how it generates."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    aliases: list[str] = Field(default_factory=list)
+    source: str = Field(description="'builtin:tiny-sdxl', a hub repo id, or a local folder.")
+    revision: str | None = None
+    variant: str | None = None
+    local_files_only: bool = Field(
+        default=False, description="Never reach the hub; load from the local cache only."
+    )
+    unet_weights: str | None = Field(
+        default=None,
+        description="A UNet state dict (.safetensors) replacing the checkpoint's: a local "
+        "path or 'hf://<repo>/<file>', e.g. SDXL-Lightning's 4-step UNet.",
+    )
+    pipeline: Literal["StableDiffusionXLPipeline"] = "StableDiffusionXLPipeline"
+    scheduler: SchedulerConfig | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="Pin torch intra-op threads (determinism on CPU)."
+    )
+    default_steps: int = Field(default=30, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    default_guidance: float = Field(default=5.0, ge=0.0)
+    max_images_per_request: int = Field(default=10, ge=1, le=10)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    buckets: dict[str, tuple[int, int]] = Field(default_factory=lambda: dict(SDXL_BUCKETS))
+    generation_scale: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Generate buckets scaled by this factor."
+    )
+    size_multiple: int = Field(default=8, ge=1, description="Generated sides snap to this.")
+    warmup: bool = True
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        missing = [size for size in OPENAI_SIZES if size not in self.buckets]
+        if missing:
+            raise ValueError(f"model {self.id!r}: buckets lack sizes {missing}")
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"model {self.id!r}: default_steps > max_steps")
+        if self.max_images_per_request > self.batching.max_batch_size:
+            raise ValueError(
+                f"model {self.id!r}: max_images_per_request ({self.max_images_per_request}) "
+                f"exceeds batching.max_batch_size ({self.batching.max_batch_size}); "
+                "one request must fit in one batch"
+            )
+        ongoing = self.deployment.max_ongoing_requests
+        if ongoing is not None and ongoing < self.batching.max_batch_size:
+            raise ValueError(
+                f"model {self.id!r}: deployment.max_ongoing_requests ({ongoing}) is below "
+                f"batching.max_batch_size ({self.batching.max_batch_size}); batches could "
+                "never fill"
+            )
+        return self
+
+    def generation_size(self, size: str) -> tuple[int, int]:
+        """The (width, height) the pipeline runs at for an OpenAI ``size``."""
+        return scaled_bucket(self.buckets[size], self.generation_scale, self.size_multiple)
+
+    def deployment_name(self) -> str:
+        return "Model:" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.id)
+
+
+class StorageConfig(StrictModel):
+    """Where ``response_format=url`` images live. Single-node local folder for now."""
+
+    kind: Literal["local"] = "local"
+    local_dir: str | None = Field(
+        default=None, description="Defaults to $IMAGEGEN_CACHE/images (or ~/.cache/...)."
+    )
+    url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+
+class IngressConfig(StrictModel):
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    public_base_url: str | None = Field(
+        default=None, description="Base for image URLs; defaults to the request's own host."
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
+    )
+
+
+class EncoderConfig(StrictModel):
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=32)
+    )
+
+
+class ImageServingArgs(StrictModel):
+    """The whole application: models, encoder, ingress, storage."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    default_model: str | None = Field(
+        default=None, description="Id or alias; first model if unset."
+    )
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ImageServingArgs:
+        seen: dict[str, str] = {}
+        for model in self.models:
+            for name in (model.id, *model.aliases):
+                if name in seen:
+                    raise ValueError(
+                        f"model name {name!r} is used by both {seen[name]!r} and {model.id!r}"
+                    )
+                seen[name] = model.id
+        if self.default_model is not None and self.default_model not in seen:
+            raise ValueError(f"default_model {self.default_model!r} is not a configured model")
+        return self
+
+    def model_names(self) -> dict[str, str]:
+        """Every id and alias -> the id it serves."""
+        return {name: m.id for m in self.models for name in (m.id, *m.aliases)}
+
+    def resolve_default(self) -> str:
+        if self.default_model is None:
+            return self.models[0].id
+        return self.model_names()[self.default_model]

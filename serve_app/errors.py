@@ -1,0 +1,146 @@
+"""One error taxonomy, one table mapping it to HTTP status and OpenAI error ``type``.
+
+Every failure a client can see becomes an :class:`APIError` before it leaves the
+ingress. Unexpected exceptions become a generic 500 that carries the request id;
+their details go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from serve_app.protocol import ErrorObject, ErrorResponse
+
+logger = logging.getLogger("imagegen.errors")
+
+ErrorKind = Literal[
+    "invalid_request",
+    "authentication",
+    "permission_denied",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "rate_limited",
+    "unavailable",
+    "timeout",
+    "internal",
+]
+
+# kind -> (HTTP status, OpenAI error type)
+ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
+    "invalid_request": (400, "invalid_request_error"),
+    "authentication": (401, "authentication_error"),
+    "permission_denied": (403, "permission_error"),
+    "not_found": (404, "invalid_request_error"),
+    "method_not_allowed": (405, "invalid_request_error"),
+    "payload_too_large": (413, "invalid_request_error"),
+    "rate_limited": (429, "rate_limit_error"),
+    "unavailable": (503, "service_unavailable_error"),
+    "timeout": (504, "timeout_error"),
+    "internal": (500, "server_error"),
+}
+
+
+class APIError(Exception):
+    """An error with a client-facing message; safe to send as-is."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments need help to cross a Ray handle intact.
+        return (_rebuild, (self.kind, self.message, self.param, self.code, self.headers))
+
+    @property
+    def status(self) -> int:
+        return ERROR_TABLE[self.kind][0]
+
+    def body(self) -> dict[str, Any]:
+        info = ErrorObject(
+            message=self.message, type=ERROR_TABLE[self.kind][1], param=self.param, code=self.code
+        )
+        return ErrorResponse(error=info).model_dump()
+
+
+def _rebuild(
+    kind: ErrorKind, message: str, param: str | None, code: str | None, headers: dict[str, str]
+) -> APIError:
+    return APIError(kind, message, param=param, code=code, headers=headers)
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError("invalid_request", message, param=param, code=code)
+
+
+def from_validation_error(exc: ValidationError) -> APIError:
+    """Turn pydantic's first complaint into a 400 that names the parameter."""
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    message = message.removeprefix("Value error, ")
+    if param and first.get("type") != "value_error":
+        given = first.get("input")
+        if first.get("type") == "missing":
+            message = f"Missing required parameter: '{param}'."
+        else:
+            message = f"Invalid value for '{param}': {message} (got {given!r})."
+    return APIError("invalid_request", message, param=param, code=_code_for(first.get("type")))
+
+
+def _code_for(pydantic_type: str | None) -> str | None:
+    if pydantic_type == "missing":
+        return "missing_required_parameter"
+    if pydantic_type == "value_error":
+        return "invalid_value"
+    return "invalid_value" if pydantic_type else None
+
+
+def from_exception(exc: BaseException, request_id: str) -> APIError:
+    """Classify anything raised while serving a request; log what the client won't see."""
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    # An error raised in a replica arrives wrapped, once per handle hop.
+    while isinstance(exc, ray_exc.RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, serve_exc.BackPressureError):
+        return APIError(
+            "rate_limited",
+            "The server is at capacity; retry after a short wait.",
+            code="overloaded",
+            headers={"retry-after": "1"},
+        )
+    if isinstance(exc, serve_exc.DeploymentUnavailableError | ray_exc.ActorUnavailableError):
+        return APIError(
+            "unavailable",
+            "No replica is available to serve this request; retry shortly.",
+            code="unavailable",
+            headers={"retry-after": "5"},
+        )
+    if isinstance(exc, TimeoutError | ray_exc.GetTimeoutError):
+        return APIError("timeout", "The request timed out.", code="timeout")
+    logger.error("request %s failed", request_id, exc_info=exc)
+    return APIError(
+        "internal",
+        f"The server had an error while processing your request (request id {request_id}).",
+        code="internal_error",
+    )

@@ -1,0 +1,102 @@
+"""Starlette plumbing shared by all routes: bounded body reads, JSON parsing, error replies."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serve_app.errors import APIError, from_exception, invalid
+
+logger = logging.getLogger("imagegen.http")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(request: Request) -> str:
+    """The id Serve's proxy assigned (it also echoes it in ``X-Request-ID``)."""
+    rid = request.headers.get(REQUEST_ID_HEADER)
+    if rid is None:
+        rid = request.scope.setdefault("imagegen.request_id", uuid.uuid4().hex)
+    return rid
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def api_endpoint(fn: Endpoint) -> Endpoint:
+    """Wrap a route so every failure leaves as an OpenAI-style error, never a traceback."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except Exception as exc:  # noqa: BLE001 - classified, logged, and answered
+            return error_response(from_exception(exc, request_id_of(request)))
+
+    return wrapper
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        "payload_too_large",
+        f"Request body exceeds the limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await read_body(request, limit)
+    if not body:
+        raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(
+            f"We could not parse the JSON body of your request: {exc.args[0]}.",
+            code="invalid_json",
+        ) from None
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> Response:
+    """Router-level 404/405 in the OpenAI shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        err = APIError(
+            "method_not_allowed",
+            f"Method {request.method} is not allowed for {request.url.path}.",
+            code="method_not_allowed",
+        )
+    elif exc.status_code == 404:
+        err = APIError(
+            "not_found",
+            f"Unknown route {request.method} {request.url.path}.",
+            code="unknown_url",
+        )
+    else:
+        err = APIError("invalid_request", str(exc.detail))
+    return error_response(err)

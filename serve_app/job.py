@@ -1,0 +1,86 @@
+"""The canonical request every dialect translates into, and what crosses the handles.
+
+Only these plain dataclasses (and numpy arrays) travel between the ingress, the
+model deployment and the encoder: no Starlette requests, no PIL objects.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Literal
+
+Mode = Literal["txt2img"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+# Random seeds are drawn below 2**32 so every client (A1111 uses 32-bit seeds) can replay them.
+RANDOM_SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What the model deployment needs to produce ``len(seeds)`` images."""
+
+    request_id: str
+    prompt: str
+    negative_prompt: str | None
+    seeds: tuple[int, ...]
+    gen_width: int
+    gen_height: int
+    steps: int
+    guidance: float
+    mode: Mode = "txt2img"
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def shape_key(self) -> tuple[int, int, int, float, str]:
+        """Jobs with equal keys can share one pipeline call."""
+        return (self.gen_width, self.gen_height, self.steps, self.guidance, self.mode)
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """How the encoder turns one job's pixels into the response's images."""
+
+    request_id: str
+    width: int
+    height: int
+    output_format: OutputFormat
+    compression: int | None
+    response_format: Literal["b64_json", "url"]
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    b64_json: str | None = None
+    url: str | None = None
+    byte_size: int = 0
+
+
+@dataclass
+class BatchStats:
+    """Counters a model replica reports through ``stats()``."""
+
+    batches: int = 0
+    images: int = 0
+    requests: int = 0
+    pipeline_calls: int = 0
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)
+
+    def record(self, requests: int, images: int, calls: int) -> None:
+        self.batches += 1
+        self.requests += requests
+        self.images += images
+        self.pipeline_calls += calls
+        self.batch_size_histogram[images] = self.batch_size_histogram.get(images, 0) + 1
+
+
+def assign_seeds(n: int, seed: int | None, increment: int = 1) -> tuple[int, ...]:
+    """Image *i* uses ``seed + i * increment``; without a seed each image draws its own."""
+    if seed is None:
+        return tuple(secrets.randbelow(RANDOM_SEED_LIMIT) for _ in range(n))
+    return tuple(seed + i * increment for i in range(n))

@@ -1,0 +1,121 @@
+"""The OpenAI Images dialect: request body -> canonical job, results -> ``ImagesResponse``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from serve_app.config import ModelConfig
+from serve_app.errors import APIError, from_validation_error, invalid
+from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from serve_app.protocol import (
+    IGNORED_OPENAI_FIELDS,
+    ImageData,
+    ImageGenerateRequest,
+    ImagesResponse,
+    dump,
+)
+from serve_app.sizes import parse_size
+
+logger = logging.getLogger("imagegen.openai")
+
+
+def parse_generate(body: Any) -> ImageGenerateRequest:
+    """Validate a JSON body; every failure is a 400 naming the parameter."""
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    try:
+        return ImageGenerateRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:
+    """Rules that depend on the chosen model's limits and abilities."""
+    if req.stream:
+        raise invalid(
+            "stream=true is not supported yet by this server; send stream=false.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    if req.background == "transparent":
+        raise invalid(
+            f"Model '{model.id}' cannot generate transparent backgrounds "
+            "(SDXL pipelines produce no alpha channel); use background='opaque' or 'auto'.",
+            param="background",
+            code="unsupported_value",
+        )
+    if req.n > model.max_images_per_request:
+        raise invalid(
+            f"n={req.n} exceeds this model's limit of {model.max_images_per_request} images.",
+            param="n",
+        )
+    if len(req.prompt) > model.max_prompt_chars:
+        raise invalid(
+            f"prompt is {len(req.prompt)} characters; the limit is {model.max_prompt_chars}.",
+            param="prompt",
+        )
+    if req.num_inference_steps is not None and req.num_inference_steps > model.max_steps:
+        raise invalid(
+            f"num_inference_steps={req.num_inference_steps} exceeds this model's limit "
+            f"of {model.max_steps}.",
+            param="num_inference_steps",
+        )
+
+
+def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:
+    check_against_model(req, model)
+    ignored = [f for f in IGNORED_OPENAI_FIELDS if getattr(req, f) is not None]
+    unknown = req.unknown_fields()
+    if ignored or unknown:
+        logger.info("request %s: ignoring fields %s", request_id, ignored + unknown)
+    gen_w, gen_h = model.generation_size(req.size)
+    steps = req.num_inference_steps or model.default_steps
+    guidance = model.default_guidance if req.guidance_scale is None else req.guidance_scale
+    return GenerationJob(
+        request_id=request_id,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        seeds=assign_seeds(req.n, req.seed),
+        gen_width=gen_w,
+        gen_height=gen_h,
+        steps=steps,
+        guidance=float(guidance),
+    )
+
+
+def to_encode_spec(req: ImageGenerateRequest, request_id: str, base_url: str | None) -> EncodeSpec:
+    width, height = parse_size(req.size)
+    return EncodeSpec(
+        request_id=request_id,
+        width=width,
+        height=height,
+        output_format=req.output_format,
+        compression=req.output_compression,
+        response_format=req.response_format,
+        base_url=base_url,
+    )
+
+
+def build_response(
+    req: ImageGenerateRequest, seeds: Sequence[int], images: Sequence[EncodedImage]
+) -> dict[str, Any]:
+    if len(images) != len(seeds):
+        raise APIError("internal", "image count mismatch between model and encoder")
+    width, height = parse_size(req.size)
+    response = ImagesResponse(
+        created=int(time.time()),
+        data=[
+            ImageData(b64_json=img.b64_json, url=img.url, seed=seed)
+            for img, seed in zip(images, seeds, strict=True)
+        ],
+        background="opaque",
+        output_format=req.output_format,
+        quality=req.quality,
+        size=f"{width}x{height}",
+    )
+    return dump(response)
