@@ -83,7 +83,7 @@ class DiffusersEngine:
         if config.source.startswith(BUILTIN_PREFIX):
             source, local_only = resolve_builtin(config.source), True
         pipeline_cls = getattr(diffusers, config.pipeline)
-        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": local_only}
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_only}
         if config.revision:
             kwargs["revision"] = config.revision
         if config.variant:

@@ -47,6 +47,13 @@ class ModelServer:
         self._gate_closed = False
         self._gate_open = asyncio.Event()
         self._running = False
+        # Built per instance (not a class-level decorator) so each server owns its
+        # batch queue, bound to the event loop it runs on.
+        self._generate_batch = serve.batch(
+            max_batch_size=self.config.batching.max_batch_size,
+            batch_wait_timeout_s=self.config.batching.batch_wait_timeout_s,
+            batch_size_fn=count_images,
+        )(self._run_batch)
         started = time.perf_counter()
         factory = engine_factory or diffusers_engine_factory
         self._engine: Engine = self._executor.submit(factory, self.config).result()
@@ -103,8 +110,7 @@ class ModelServer:
         opened, self._gate_open = self._gate_open, asyncio.Event()
         opened.set()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, batch_size_fn=count_images)
-    async def _generate_batch(self, jobs: list[GenerationJob]) -> list[np.ndarray]:
+    async def _run_batch(self, jobs: list[GenerationJob]) -> list[np.ndarray]:
         self._running = True
         try:
             groups = group_jobs(jobs)

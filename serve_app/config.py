@@ -81,7 +81,7 @@ class SchedulerConfig(StrictModel):
 class ModelConfig(StrictModel):
     """One served model: where its weights come from and how it generates."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     aliases: list[str] = Field(default_factory=list)
     source: str = Field(description="'builtin:tiny-sdxl', a hub repo id, or a local folder.")
     revision: str | None = None

@@ -1,0 +1,82 @@
+"""Config is strict: typos and impossible settings fail at startup, with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import DeploymentOptions, ImageServingArgs, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(**overrides: Any) -> dict[str, Any]:
+    return {"id": "tiny", "source": "builtin:tiny-sdxl", **overrides}
+
+
+def test_serve_config_yaml_is_valid() -> None:
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    [app] = doc["applications"]
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = ImageServingArgs.model_validate(app["args"])
+    assert args.resolve_default() == "tiny-sdxl"
+    assert args.model_names()["dall-e-3"] == "tiny-sdxl"
+    for options in (args.models[0].deployment, args.encoder.deployment, args.ingress.deployment):
+        assert options.autoscaling_config is not None
+
+
+def test_typo_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="default_step"):
+        ModelConfig.model_validate(tiny(default_step=4))
+
+
+def test_unknown_autoscaling_key_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="target_ongoing"):
+        DeploymentOptions(autoscaling_config={"min_replicas": 1, "target_ongoing": 2})
+
+
+def test_min_above_max_replicas_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="min_replicas"):
+        DeploymentOptions(autoscaling_config={"min_replicas": 3, "max_replicas": 2})
+
+
+def test_replicas_and_autoscaling_are_exclusive() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        DeploymentOptions(num_replicas=1, autoscaling_config={"min_replicas": 1})
+
+
+def test_one_request_must_fit_in_one_batch() -> None:
+    with pytest.raises(ValidationError, match="one request must fit"):
+        ModelConfig.model_validate(tiny(batching={"max_batch_size": 4}))
+
+
+def test_ongoing_requests_must_let_batches_fill() -> None:
+    with pytest.raises(ValidationError, match="never fill"):
+        ModelConfig.model_validate(tiny(deployment={"max_ongoing_requests": 5}))
+
+
+def test_model_names_must_be_unique() -> None:
+    models = [tiny(aliases=["dall-e-3"]), {"id": "other", "source": "x", "aliases": ["dall-e-3"]}]
+    with pytest.raises(ValidationError, match="dall-e-3"):
+        ImageServingArgs(models=models)
+
+
+def test_default_model_must_exist() -> None:
+    with pytest.raises(ValidationError, match="default_model"):
+        ImageServingArgs(models=[tiny()], default_model="nope")
+
+
+def test_default_model_may_be_an_alias() -> None:
+    args = ImageServingArgs(models=[tiny(aliases=["dall-e-3"])], default_model="dall-e-3")
+    assert args.resolve_default() == "tiny"
+
+
+def test_deployment_name_is_safe() -> None:
+    assert (
+        ModelConfig.model_validate(tiny(id="org/model:v1")).deployment_name()
+        == "Model:org_model_v1"
+    )

@@ -1,0 +1,113 @@
+"""The real diffusers engine on the built-in tiny SDXL (no Ray): loading, seeds, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.batching import group_jobs
+from deployments.engine import DiffusersEngine
+from deployments.tiny_sdxl import ensure_tiny_sdxl, resolve_builtin
+from serve_app.config import ModelConfig
+from serve_app.job import GenerationJob
+
+STEPS = 4
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    base = {"id": "tiny", "source": "builtin:tiny-sdxl", "torch_threads": 2, "default_steps": STEPS}
+    return ModelConfig.model_validate({**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def engine() -> DiffusersEngine:
+    return DiffusersEngine(tiny_config())
+
+
+def run(engine: DiffusersEngine, *seeds: int, prompt: str = "a cat", size: int = 64) -> np.ndarray:
+    job = GenerationJob("r", prompt, None, seeds, size, size, STEPS, 5.0)
+    [group] = group_jobs([job])
+    return engine.generate(group)
+
+
+def test_builtin_is_cached_in_pretrained_layout(tmp_path: Path) -> None:
+    folder = ensure_tiny_sdxl(tmp_path)
+    assert (folder / "model_index.json").is_file()
+    assert (folder / "tokenizer" / "tokenizer.json").is_file()
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    before = (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_sdxl(tmp_path) == folder
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_two_builds_have_identical_weights(tmp_path: Path) -> None:
+    first = ensure_tiny_sdxl(tmp_path / "a") / "unet" / "diffusion_pytorch_model.safetensors"
+    second = ensure_tiny_sdxl(tmp_path / "b") / "unet" / "diffusion_pytorch_model.safetensors"
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_unknown_builtin_is_refused() -> None:
+    with pytest.raises(ValueError, match="tiny-sdxl"):
+        resolve_builtin("builtin:huge-sdxl")
+
+
+def test_output_is_uint8_at_the_generation_size(engine: DiffusersEngine) -> None:
+    out = run(engine, 1, 2)
+    assert out.shape == (2, 64, 64, 3) and out.dtype == np.uint8
+    assert out.std() > 0  # noise, but not a constant image
+
+
+def test_same_seed_same_image(engine: DiffusersEngine) -> None:
+    assert np.array_equal(run(engine, 42), run(engine, 42))
+
+
+def test_different_seeds_differ(engine: DiffusersEngine) -> None:
+    out = run(engine, 1, 2)
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_seed_gives_the_same_image_alone_or_inside_a_batch(engine: DiffusersEngine) -> None:
+    alone = run(engine, 7)[0].astype(int)
+    batched = run(engine, 5, 6, 7, 8)[2].astype(int)
+    # CPU math is not batch-invariant to the bit: allow +-1/255 per channel.
+    assert np.abs(alone - batched).max() <= 1
+
+
+def test_prompt_changes_the_image(engine: DiffusersEngine) -> None:
+    assert not np.array_equal(run(engine, 3, prompt="a cat"), run(engine, 3, prompt="a dog"))
+
+
+def test_unet_weights_replace_the_checkpoint_unet(tmp_path: Path, engine: DiffusersEngine) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() for k, v in engine.pipe.unet.state_dict().items()}
+    state["conv_out.bias"] = state["conv_out.bias"] + 0.5
+    weights = tmp_path / "unet.safetensors"
+    save_file(state, str(weights))
+    patched = DiffusersEngine(tiny_config(unet_weights=str(weights)))
+    assert torch.equal(patched.pipe.unet.conv_out.bias, state["conv_out.bias"])
+    assert not np.array_equal(run(patched, 3), run(engine, 3))
+
+
+def test_missing_unet_weights_file_fails_loudly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="unet_weights"):
+        DiffusersEngine(tiny_config(unet_weights=str(tmp_path / "nope.safetensors")))
+
+
+def test_scheduler_override(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        scheduler={
+            "class_name": "EulerDiscreteScheduler",
+            "config": {"timestep_spacing": "trailing"},
+        }
+    )
+    patched = DiffusersEngine(cfg)
+    assert patched.pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_unknown_scheduler_fails_loudly() -> None:
+    with pytest.raises(ValueError, match="NopeScheduler"):
+        DiffusersEngine(tiny_config(scheduler={"class_name": "NopeScheduler"}))

@@ -1,0 +1,73 @@
+"""The error table and the classification of everything that can go wrong."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from ray import exceptions as ray_exc
+from ray.serve import exceptions as serve_exc
+
+from serve_app.errors import ERROR_TABLE, APIError, from_exception
+
+
+@pytest.mark.parametrize(
+    "kind,status,error_type",
+    [
+        ("invalid_request", 400, "invalid_request_error"),
+        ("authentication", 401, "authentication_error"),
+        ("not_found", 404, "invalid_request_error"),
+        ("payload_too_large", 413, "invalid_request_error"),
+        ("rate_limited", 429, "rate_limit_error"),
+        ("unavailable", 503, "service_unavailable_error"),
+        ("timeout", 504, "timeout_error"),
+        ("internal", 500, "server_error"),
+    ],
+)
+def test_error_table(kind: str, status: int, error_type: str) -> None:
+    assert ERROR_TABLE[kind] == (status, error_type)  # type: ignore[index]
+    err = APIError(kind, "boom", param="p", code="c")  # type: ignore[arg-type]
+    assert err.status == status
+    assert err.body() == {
+        "error": {"message": "boom", "type": error_type, "param": "p", "code": "c"}
+    }
+
+
+def test_api_error_survives_pickling_with_keywords() -> None:
+    err = APIError("not_found", "no model", param="model", code="model_not_found")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.kind, back.message, back.param, back.code) == (
+        "not_found",
+        "no model",
+        "model",
+        "model_not_found",
+    )
+
+
+def test_backpressure_is_429_with_retry_after() -> None:
+    err = from_exception(
+        serve_exc.BackPressureError(num_queued_requests=9, max_queued_requests=8), "r"
+    )
+    assert err.status == 429 and err.headers["retry-after"]
+
+
+def test_unavailable_is_503() -> None:
+    err = from_exception(serve_exc.DeploymentUnavailableError("Model:x"), "r")
+    assert err.status == 503 and err.headers["retry-after"]
+
+
+def test_timeout_is_504() -> None:
+    assert from_exception(TimeoutError(), "r").status == 504
+
+
+def test_wrapped_api_error_is_unwrapped() -> None:
+    inner = APIError("invalid_request", "bad", param="n")
+    wrapped = ray_exc.RayTaskError("generate", "traceback text", inner)
+    assert from_exception(wrapped, "r") is inner
+
+
+def test_unexpected_error_hides_details_and_carries_request_id() -> None:
+    err = from_exception(RuntimeError("/secret/path.py line 3: KeyError"), "req-123")
+    assert err.status == 500
+    assert "req-123" in err.message
+    assert "secret" not in err.message and "KeyError" not in err.message

@@ -1,0 +1,169 @@
+"""The model server's batching, with a fake engine and no Ray cluster.
+
+``@serve.batch`` runs here on a plain event loop. Its only replica-context call is a
+warning about ``max_ongoing_requests``, which is patched out for these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from ray.serve import batching as serve_batching
+
+from deployments.batching import GenerationGroup
+from deployments.model_server import ModelServer
+from serve_app.job import GenerationJob
+
+
+@pytest.fixture(autouse=True)
+def _no_replica_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(
+        serve_batching._BatchQueue,
+        "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+        lambda self: None,
+    )
+    yield
+
+
+class FakeEngine:
+    """Fills each image with its seed; can hold a call until released."""
+
+    def __init__(self, config: Any) -> None:
+        self.calls: list[list[int]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def generate(self, group: GenerationGroup, on_step: Any = None) -> np.ndarray:
+        self.calls.append(list(group.seeds))
+        self.entered.set()
+        self.hold.wait(timeout=10)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("engine exploded")
+        return np.stack(
+            [np.full((group.height, group.width, 3), s % 256, np.uint8) for s in group.seeds]
+        )
+
+
+def make_server(**overrides: Any) -> ModelServer:
+    config = {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False, **overrides}
+    server = ModelServer(config, engine_factory=FakeEngine)
+    server.reconfigure(server.config.batching.model_dump())
+    return server
+
+
+def job(rid: str, *seeds: int, size: int = 16) -> GenerationJob:
+    return GenerationJob(rid, "p", None, seeds, size, size, 4, 5.0)
+
+
+def engine(server: ModelServer) -> FakeEngine:
+    return server._engine  # type: ignore[return-value]
+
+
+async def wait_entered(fake: FakeEngine) -> None:
+    await asyncio.to_thread(fake.entered.wait, 5)
+    fake.entered.clear()
+
+
+def seeds_of(stack: np.ndarray) -> list[int]:
+    return [int(img[0, 0, 0]) for img in stack]
+
+
+async def test_lone_request_runs_at_once() -> None:
+    server = make_server()
+    out = await asyncio.wait_for(server.generate(job("a", 1, 2)), 5)
+    assert seeds_of(out) == [1, 2]
+    assert server.stats()["batch_size_histogram"] == {2: 1}
+
+
+async def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
+    server = make_server()
+    fake = engine(server)
+    fake.hold.clear()
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    rest = [
+        asyncio.create_task(server.generate(job(f"r{i}", 10 * i, 10 * i + 1))) for i in range(1, 8)
+    ]
+    await asyncio.sleep(0.05)
+    fake.hold.set()
+    outs = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert seeds_of(outs[0]) == [1]
+    for i, out in enumerate(outs[1:], start=1):
+        assert seeds_of(out) == [10 * i, 10 * i + 1]
+    assert fake.calls[0] == [1]
+    assert len(fake.calls) == 2 and len(fake.calls[1]) == 14
+    assert server.stats()["batch_size_histogram"] == {1: 1, 14: 1}
+
+
+async def test_batches_never_exceed_max_batch_size_in_images() -> None:
+    server = make_server(max_images_per_request=2, batching={"max_batch_size": 4})
+    fake = engine(server)
+    fake.hold.clear()
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    rest = [asyncio.create_task(server.generate(job(f"r{i}", i, i + 100))) for i in range(5)]
+    await asyncio.sleep(0.05)
+    fake.hold.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert all(len(call) <= 4 for call in fake.calls)
+    assert sum(len(call) for call in fake.calls) == 11
+
+
+async def test_different_shapes_in_one_batch_make_separate_calls() -> None:
+    server = make_server()
+    fake = engine(server)
+    fake.hold.clear()
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    small = asyncio.create_task(server.generate(job("s", 2, size=16)))
+    large = asyncio.create_task(server.generate(job("l", 3, size=32)))
+    await asyncio.sleep(0.05)
+    fake.hold.set()
+    _, out_small, out_large = await asyncio.wait_for(asyncio.gather(first, small, large), 10)
+    assert out_small.shape == (1, 16, 16, 3) and out_large.shape == (1, 32, 32, 3)
+    stats = server.stats()
+    assert stats["batches"] == 2 and stats["pipeline_calls"] == 3
+
+
+async def test_cancelled_request_never_wedges_the_gate() -> None:
+    server = make_server()
+    doomed = asyncio.create_task(server.generate(job("doomed", 1)))
+    await asyncio.sleep(0)  # it closes the gate and enters the batch queue
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    out = await asyncio.wait_for(server.generate(job("next", 5)), 5)
+    assert seeds_of(out) == [5]
+
+
+async def test_engine_error_reaches_the_caller_and_the_server_recovers() -> None:
+    server = make_server()
+    engine(server).fail_next = True
+    with pytest.raises(RuntimeError, match="exploded"):
+        await asyncio.wait_for(server.generate(job("a", 1)), 5)
+    out = await asyncio.wait_for(server.generate(job("b", 2)), 5)
+    assert seeds_of(out) == [2]
+
+
+def test_reconfigure_refuses_batches_smaller_than_a_request() -> None:
+    server = make_server()
+    with pytest.raises(ValueError, match="max_images_per_request"):
+        server.reconfigure({"max_batch_size": 2})
+
+
+def test_warmup_runs_each_generation_size_once() -> None:
+    server = ModelServer(
+        {"id": "m", "source": "builtin:tiny-sdxl", "generation_scale": 0.125},
+        engine_factory=FakeEngine,
+    )
+    sizes = sorted({(len(c),) for c in engine(server).calls})
+    assert sizes == [(1,)]
+    assert len(engine(server).calls) == 5  # 1024², 1344x768, 768x1344, 1216x832, 832x1216
