@@ -1,0 +1,162 @@
+"""The ingress app with fake handles (no Ray): deadlines, overload and failure mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from ray import exceptions as ray_exc
+from ray.serve import exceptions as serve_exc
+from starlette.testclient import TestClient
+
+from serve_app.errors import APIError
+from serve_app.ingress import Ingress
+from serve_app.job import EncodedImage
+
+ROUTE = "/v1/images/generations"
+
+
+class FakeResponse:
+    """Awaitable like a DeploymentResponse; records cancellation."""
+
+    def __init__(self, produce: Callable[[], Any]) -> None:
+        self._produce = produce
+        self.cancelled = False
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._run().__await__()
+
+    async def _run(self) -> Any:
+        return await self._produce()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeMethod:
+    def __init__(self, produce: Callable[..., Any]) -> None:
+        self._produce = produce
+        self.responses: list[FakeResponse] = []
+
+    def remote(self, *args: Any) -> FakeResponse:
+        async def run() -> Any:
+            return await self._produce(*args)
+
+        response = FakeResponse(run)
+        self.responses.append(response)
+        return response
+
+
+class FakeHandle:
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        for name, produce in methods.items():
+            setattr(self, name, FakeMethod(produce))
+
+
+async def pixels(job: Any) -> np.ndarray:
+    return np.zeros((job.n, 8, 8, 3), np.uint8)
+
+
+async def encode(pixels_response: Any, spec: Any) -> list[EncodedImage]:
+    result = await pixels_response
+    return [EncodedImage(b64_json="AA==") for _ in result]
+
+
+async def ok() -> bool:
+    return True
+
+
+def make_client(tmp_path: Path, generate: Callable[..., Any], timeout_s: float = 5.0):
+    args = {
+        "models": [{"id": "tiny", "source": "builtin:tiny-sdxl", "aliases": ["dall-e-3"]}],
+        "ingress": {"request_timeout_s": timeout_s},
+        "storage": {"local_dir": str(tmp_path)},
+    }
+    model = FakeHandle(generate=generate, ready=ok)
+    encoder = FakeHandle(encode=encode, ready=ok)
+    ingress = Ingress(args, {"tiny": model}, encoder, "k" * 32)  # type: ignore[arg-type]
+    return TestClient(ingress.__serve_build_asgi_app__()), model, encoder
+
+
+def test_happy_path_returns_one_image_per_seed(tmp_path: Path) -> None:
+    client, model, _ = make_client(tmp_path, pixels)
+    response = client.post(ROUTE, json={"prompt": "x", "n": 3, "seed": 4})
+    assert response.status_code == 200
+    assert [d["seed"] for d in response.json()["data"]] == [4, 5, 6]
+    assert len(model.generate.responses) == 1  # one model call for all three images
+
+
+def test_deadline_gives_504_and_cancels_the_work(tmp_path: Path) -> None:
+    async def never(job: Any) -> np.ndarray:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    client, model, encoder = make_client(tmp_path, never, timeout_s=0.2)
+    response = client.post(ROUTE, json={"prompt": "x"})
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout_error"
+    assert model.generate.responses[0].cancelled and encoder.encode.responses[0].cancelled
+
+
+@pytest.mark.parametrize(
+    "exc,status,header",
+    [
+        (
+            serve_exc.BackPressureError(num_queued_requests=5, max_queued_requests=4),
+            429,
+            "retry-after",
+        ),
+        (serve_exc.DeploymentUnavailableError("Model:tiny"), 503, "retry-after"),
+    ],
+)
+def test_serve_overload_maps_to_retryable_errors(
+    tmp_path: Path, exc: Exception, status: int, header: str
+) -> None:
+    async def fail(job: Any) -> np.ndarray:
+        raise exc
+
+    client, _, _ = make_client(tmp_path, fail)
+    response = client.post(ROUTE, json={"prompt": "x"})
+    assert response.status_code == status
+    assert response.headers[header]
+
+
+def test_api_error_raised_in_a_replica_reaches_the_client(tmp_path: Path) -> None:
+    async def fail(job: Any) -> np.ndarray:
+        inner = APIError("invalid_request", "prompt rejected by the model", param="prompt")
+        raise ray_exc.RayTaskError("generate", "remote traceback", inner)
+
+    client, _, _ = make_client(tmp_path, fail)
+    body = client.post(ROUTE, json={"prompt": "x"}).json()
+    assert body["error"]["param"] == "prompt"
+
+
+def test_unexpected_failure_is_a_clean_500(tmp_path: Path) -> None:
+    async def fail(job: Any) -> np.ndarray:
+        raise RuntimeError("CUDA error at /opt/secret/kernel.cu:12")
+
+    client, _, _ = make_client(tmp_path, fail)
+    response = client.post(ROUTE, json={"prompt": "x"}, headers={"x-request-id": "rid-77"})
+    assert response.status_code == 500
+    message = response.json()["error"]["message"]
+    assert "rid-77" in message and "secret" not in response.text and "CUDA" not in response.text
+
+
+def test_readiness_reports_each_deployment(tmp_path: Path) -> None:
+    client, _, _ = make_client(tmp_path, pixels)
+    assert client.get("/ready").json() == {
+        "status": "ready",
+        "deployments": {"encoder": "ready", "model:tiny": "ready"},
+    }
+
+
+@pytest.mark.parametrize("module", ["serve_app.ingress", "serve_app.app", "deployments.encoder"])
+def test_http_side_never_imports_torch(module: str) -> None:
+    code = f"import sys, {module}; sys.exit('torch' in sys.modules or 'diffusers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
