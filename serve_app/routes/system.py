@@ -1,0 +1,54 @@
+"""``GET /health`` (liveness) and ``GET /ready`` (readiness)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serve_app.http import api_endpoint
+
+if TYPE_CHECKING:
+    from serve_app.ingress import Ingress
+
+READY_TIMEOUT_S = 5.0
+
+
+def routes(ingress: Ingress) -> list[BaseRoute]:
+    async def health(request: Request) -> Response:
+        """Liveness: the ingress answers. Never touches the models."""
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        """Readiness: every model deployment and the encoder answer within a deadline."""
+        handles = {
+            "encoder": ingress.encoder,
+            **{f"model:{k}": v for k, v in ingress.models.items()},
+        }
+
+        async def check(handle: object) -> str:
+            try:
+                await asyncio.wait_for(_call_ready(handle), timeout=READY_TIMEOUT_S)
+                return "ready"
+            except Exception:  # noqa: BLE001 - reported per deployment
+                return "unavailable"
+
+        results = await asyncio.gather(*(check(h) for h in handles.values()))
+        status = dict(zip(handles, results, strict=True))
+        ok = all(value == "ready" for value in status.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "deployments": status},
+            status_code=200 if ok else 503,
+        )
+
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", api_endpoint(ready), methods=["GET"]),
+    ]
+
+
+async def _call_ready(handle: object) -> object:
+    return await handle.ready.remote()  # type: ignore[attr-defined]
