@@ -1,4 +1,4 @@
-"""Split a batch of jobs into pipeline calls, and the results back into jobs.
+"""Split a batch of jobs into pipeline calls: one call per shape.
 
 One diffusers call takes one width, height, step count and guidance value, so a
 batch is grouped by the job's shape key. Jobs with and without a negative prompt
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Protocol
 
 from serve_app.job import GenerationJob
 
@@ -36,7 +35,12 @@ class GenerationGroup:
         return len(self.seeds)
 
 
-def count_images(jobs: Sequence[GenerationJob]) -> int:
+class HasImageCount(Protocol):
+    @property
+    def n(self) -> int: ...
+
+
+def count_images(jobs: Sequence[HasImageCount]) -> int:
     """``batch_size_fn`` for ``@serve.batch``: the batch limit counts images."""
     return sum(job.n for job in jobs)
 
@@ -65,23 +69,3 @@ def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
             group.seeds.append(seed)
             group.owners.append((job_index, image_index))
     return list(groups.values())
-
-
-def scatter(
-    jobs: Sequence[GenerationJob],
-    groups: Sequence[GenerationGroup],
-    outputs: Sequence[np.ndarray],
-) -> list[np.ndarray]:
-    """Reassemble per-group image stacks into one ``(n, H, W, C)`` stack per job."""
-    per_job: list[list[np.ndarray | None]] = [[None] * job.n for job in jobs]
-    for group, images in zip(groups, outputs, strict=True):
-        if len(images) != group.size:
-            raise RuntimeError(f"pipeline returned {len(images)} images for {group.size} seeds")
-        for (job_index, image_index), image in zip(group.owners, images, strict=True):
-            per_job[job_index][image_index] = image
-    stacks = []
-    for job, images in zip(jobs, per_job, strict=True):
-        if any(image is None for image in images):
-            raise RuntimeError(f"job {job.request_id} is missing images")
-        stacks.append(np.stack(images))  # type: ignore[arg-type]
-    return stacks

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from deployments.batching import GenerationGroup
+from deployments.previews import latents_to_rgb
 from deployments.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 from serve_app.config import ModelConfig
 
@@ -22,16 +24,38 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("imagegen.engine")
 
-# Called after each denoising step with (step index, total steps). The seam for
-# streaming partial images; it must be cheap, it runs inside the pipeline loop.
-StepCallback = Callable[[int, int], None]
+
+class StepObserver(Protocol):
+    """Called after each denoising step, inside the pipeline loop: keep it cheap.
+
+    Args:
+        step: steps completed so far (1-based).
+        total: steps in this call.
+        rows: the group's image indices still being denoised, in batch order.
+        preview: returns ``(len(rows), h, w, 3)`` uint8 previews at latent resolution.
+
+    Returns:
+        Rows to drop from the batch from the next step on (cancelled requests).
+    """
+
+    def __call__(
+        self, step: int, total: int, rows: list[int], preview: Callable[[], np.ndarray]
+    ) -> set[int]: ...
+
+
+@dataclass
+class GroupOutput:
+    """Finished images for the rows that were not dropped, in ``rows`` order."""
+
+    images: np.ndarray
+    rows: list[int]
 
 
 class Engine(Protocol):
     """What the model server needs from an engine."""
 
-    def generate(self, group: GenerationGroup, on_step: StepCallback | None = None) -> np.ndarray:
-        """Return a ``(group.size, height, width, 3)`` uint8 array, in seed order."""
+    def generate(self, group: GenerationGroup, observer: StepObserver | None = None) -> GroupOutput:
+        """Denoise one group; images are uint8 ``(k, height, width, 3)``."""
         ...
 
 
@@ -119,36 +143,101 @@ class DiffusersEngine:
         if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)
 
-    def generate(self, group: GenerationGroup, on_step: StepCallback | None = None) -> np.ndarray:
+    def generate(self, group: GenerationGroup, observer: StepObserver | None = None) -> GroupOutput:
         import torch
 
         self._pin_threads()
         # 1. One CPU generator per image: the same seed gives the same latents on any
         #    device and at any position in the batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in group.seeds]
+        rows = list(range(group.size))
         callback = None
-        if on_step is not None:
-
-            def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
-                on_step(step, group.steps)
-                return kwargs
-
+        if observer is not None:
+            callback = _StepCallback(self.pipe, observer, group.steps, rows, generators)
         # 2. One pipeline call for the whole group.
-        with torch.inference_mode():
-            result = self.pipe(
-                prompt=group.prompts,
-                negative_prompt=group.negative_prompts,
-                width=group.width,
-                height=group.height,
-                num_inference_steps=group.steps,
-                guidance_scale=group.guidance,
-                generator=generators,
-                output_type="np",
-                callback_on_step_end=callback,
-            )
+        try:
+            with torch.inference_mode():
+                result = self.pipe(
+                    prompt=group.prompts,
+                    negative_prompt=group.negative_prompts,
+                    width=group.width,
+                    height=group.height,
+                    num_inference_steps=group.steps,
+                    guidance_scale=group.guidance,
+                    generator=generators,
+                    output_type="np",
+                    callback_on_step_end=callback,
+                    callback_on_step_end_tensor_inputs=list(_SLICED_INPUTS),
+                )
+        except _AllRowsDropped:
+            return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
         images = np.asarray(result.images)
-        return (images * 255.0).round().clip(0, 255).astype(np.uint8)
+        pixels = (images * 255.0).round().clip(0, 255).astype(np.uint8)
+        return GroupOutput(pixels, rows)
+
+
+# Per-step inputs the SDXL loop reads back from the callback, sliced on drops.
+_SLICED_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+# Schedulers whose step keeps no per-sample history, so rows can leave mid-call.
+DROPPABLE_SCHEDULERS = frozenset(
+    {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler"}
+)
+
+
+class _AllRowsDropped(Exception):
+    """Every image of the call was cancelled: stop spending compute on it."""
+
+
+class _StepCallback:
+    """``callback_on_step_end``: previews for the observer, and dropping cancelled rows."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        observer: StepObserver,
+        total: int,
+        rows: list[int],
+        generators: list[Any],
+    ) -> None:
+        self.pipe = pipe
+        self.observer = observer
+        self.total = total
+        self.rows = rows  # shared with the caller: updated in place on drops
+        self.generators = generators  # the same list the scheduler's step receives
+        self.can_drop = (
+            type(pipe.scheduler).__name__ in DROPPABLE_SCHEDULERS
+            and pipe.unet.config.time_cond_proj_dim is None
+        )
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+        latents = tensors["latents"]
+        drop = self.observer(
+            step + 1, self.total, list(self.rows), lambda: latents_to_rgb(latents, pipe.scheduler)
+        )
+        if not drop or not self.can_drop:
+            return tensors
+        keep = [i for i, row in enumerate(self.rows) if row not in drop]
+        if not keep:
+            raise _AllRowsDropped
+        return self._slice(tensors, keep)
+
+    def _slice(self, tensors: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+        import torch
+
+        batch = tensors["latents"].shape[0]
+        index = torch.tensor(keep, device=tensors["latents"].device)
+        sliced = {}
+        for name in _SLICED_INPUTS:
+            tensor = tensors[name]
+            if tensor.shape[0] == 2 * batch:  # classifier-free guidance: [uncond; cond]
+                index2 = torch.cat([index, index + batch])
+                sliced[name] = tensor.index_select(0, index2)
+            else:
+                sliced[name] = tensor.index_select(0, index)
+        self.rows[:] = [self.rows[i] for i in keep]
+        self.generators[:] = [self.generators[i] for i in keep]
+        return sliced
 
 
 def diffusers_engine_factory(config: ModelConfig) -> Engine:

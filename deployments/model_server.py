@@ -7,6 +7,11 @@ a batch runs, new requests wait at the gate; when it finishes they all enter the
 queue together and become the next batch. An idle replica therefore starts a lone
 request at once, and a busy one batches everything that queued meanwhile.
 
+One batch serves streamed and plain requests alike. The batched function is a
+generator: it relays per-request events (previews at evenly spaced steps, then the
+finished images) as the pipeline thread produces them. A request whose caller goes
+away is marked cancelled; its images leave the running pipeline call at the next step.
+
 Everything that touches torch (loading, warm-up, every pipeline call) runs on one
 dedicated worker thread: diffusers pipelines are not thread-safe, OpenMP thread
 pools are per calling thread (a second pool spinning in another thread made CPU
@@ -18,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from deployments.batching import count_images, group_jobs, scatter
+from deployments.batching import count_images, group_jobs
 from deployments.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.stepping import Submission, run_groups
 from serve_app.config import BatchingConfig, ModelConfig
-from serve_app.job import BatchStats, GenerationJob
+from serve_app.job import BatchStats, GenerationJob, ImageEvent
 
 logger = logging.getLogger("imagegen.model")
 
@@ -89,41 +96,25 @@ class ModelServer:
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
+    # -- public methods (called through handles) ---------------------------------
+
     async def generate(self, job: GenerationJob) -> np.ndarray:
         """Generate ``job.n`` images; returns a ``(n, H, W, 3)`` uint8 array."""
-        if self._gate_closed:
-            await self._gate_open.wait()
-        # The first request through closes the gate; requests released together
-        # by the same opening all pass before the batch loop runs again.
-        self._gate_closed = True
-        try:
-            return await self._generate_batch(job)
-        except asyncio.CancelledError:
-            # A cancelled request may leave a batch that never runs, and so never
-            # reopens the gate. Reopen it unless a batch is running.
-            if not self._running:
-                self._open_gate()
-            raise
+        async for event in self._submit(Submission(job, stream=False)):
+            if event.kind == "final":
+                return event.pixels
+        raise RuntimeError(f"request {job.request_id} ended without images")
 
-    def _open_gate(self) -> None:
-        self._gate_closed = False
-        opened, self._gate_open = self._gate_open, asyncio.Event()
-        opened.set()
+    async def generate_stream(self, job: GenerationJob) -> AsyncIterator[ImageEvent]:
+        """Stream ``job.partial_images`` previews, then the finished images.
 
-    async def _run_batch(self, jobs: list[GenerationJob]) -> list[np.ndarray]:
-        self._running = True
-        try:
-            groups = group_jobs(jobs)
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._run_groups, groups)
-            self._stats.record(requests=len(jobs), images=count_images(jobs), calls=len(groups))
-            return scatter(jobs, groups, outputs)
-        finally:
-            self._running = False
-            self._open_gate()
+        Pixels are put in the object store and yielded as references, so the ingress
+        forwards them to the encoder without receiving the bytes itself.
+        """
+        import ray
 
-    def _run_groups(self, groups: list[Any]) -> list[np.ndarray]:
-        return [self._engine.generate(group) for group in groups]
+        async for event in self._submit(Submission(job, stream=True)):
+            yield replace(event, pixels=ray.put(event.pixels))
 
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images)."""
@@ -131,3 +122,101 @@ class ModelServer:
 
     def ready(self) -> bool:
         return True
+
+    # -- batching -------------------------------------------------------------
+
+    async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._gate_closed:
+            await self._gate_open.wait()
+        # The first request through closes the gate; requests released together
+        # by the same opening all enter the batch queue before the batch loop
+        # runs again (their pump tasks run in order, ahead of its wake-up).
+        self._gate_closed = True
+        inbox: asyncio.Queue[ImageEvent | BaseException | None] = asyncio.Queue()
+        pump = asyncio.ensure_future(self._pump(sub, inbox))
+        finished = False
+        try:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                # Set before yielding: the consumer may stop iterating at the final.
+                finished = item.kind == "final"
+                yield item
+                if finished:
+                    return
+            raise RuntimeError(f"request {sub.job.request_id} ended without images")
+        finally:
+            if not finished and not pump.done():
+                self._cancel(sub)
+
+    async def _pump(
+        self, sub: Submission, inbox: asyncio.Queue[ImageEvent | BaseException | None]
+    ) -> None:
+        """Read this request's stream from ``@serve.batch`` to its end.
+
+        It runs apart from the caller so a caller that leaves early (a finished
+        non-streamed request, a disconnect) never abandons the batch's futures.
+        """
+        try:
+            async for event in self._generate_batch(sub):
+                if event is not None:
+                    inbox.put_nowait(event)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            inbox.put_nowait(exc)
+        else:
+            inbox.put_nowait(None)
+
+    def _cancel(self, sub: Submission) -> None:
+        """The caller went away (disconnect, deadline): its rows leave at the next step."""
+        if not sub.cancelled:
+            sub.cancelled = True
+            self._stats.cancelled_requests += 1
+
+    def _open_gate(self) -> None:
+        self._gate_closed = False
+        opened, self._gate_open = self._gate_open, asyncio.Event()
+        opened.set()
+
+    async def _run_batch(self, subs: list[Submission]) -> AsyncIterator[list[Any]]:
+        """The ``@serve.batch`` generator: one list per yield, an item per request."""
+        self._running = True
+        try:
+            groups = group_jobs([sub.job for sub in subs])
+            streaming = sum(sub.stream for sub in subs)
+            self._stats.record(len(subs), count_images(subs), len(groups), streaming)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[int, ImageEvent]] = asyncio.Queue()
+
+            def emit(index: int, event: ImageEvent) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+            work = loop.run_in_executor(
+                self._executor, run_groups, self._engine, subs, groups, emit, self._stats
+            )
+            done: set[int] = set()
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    if events.empty():
+                        break
+                    continue
+                yield _row(len(subs), *getter.result(), done)
+            work.result()  # an engine error fails every request still waiting
+        finally:
+            self._running = False
+            self._open_gate()
+
+
+def _row(size: int, index: int, event: ImageEvent, done: set[int]) -> list[Any]:
+    """One yield of the batch generator: the event for one request, nothing for others.
+
+    Requests that already got their final images get ``StopIteration``, which ends
+    their stream inside ``@serve.batch``.
+    """
+    row: list[Any] = [StopIteration if i in done else None for i in range(size)]
+    row[index] = event
+    if event.kind == "final":
+        done.add(index)
+    return row

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["txt2img"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -30,6 +30,8 @@ class GenerationJob:
     steps: int
     guidance: float
     mode: Mode = "txt2img"
+    # Previews to stream while denoising (0-3); only set for stream=true requests.
+    partial_images: int = 0
 
     @property
     def n(self) -> int:
@@ -61,6 +63,20 @@ class EncodedImage:
     byte_size: int = 0
 
 
+@dataclass(frozen=True)
+class ImageEvent:
+    """One item of a generation stream: previews at a step, or the finished images.
+
+    ``pixels`` is a ``(n, H, W, C)`` uint8 array, or a Ray ``ObjectRef`` to one when it
+    is streamed through the ingress (so the ingress forwards a reference, not pixels).
+    Partial pixels are at latent resolution; the encoder resizes them like finals.
+    """
+
+    kind: Literal["partial", "final"]
+    pixels: Any
+    partial_index: int | None = None
+
+
 @dataclass
 class BatchStats:
     """Counters a model replica reports through ``stats()``."""
@@ -70,13 +86,34 @@ class BatchStats:
     requests: int = 0
     pipeline_calls: int = 0
     batch_size_histogram: dict[int, int] = field(default_factory=dict)
+    streaming_requests: int = 0
+    # Batches holding both streamed and non-streamed requests.
+    mixed_batches: int = 0
+    partial_images_sent: int = 0
+    cancelled_requests: int = 0
+    # Images of cancelled requests removed from a running pipeline call, and the
+    # denoising steps that removal saved.
+    dropped_images: int = 0
+    steps_saved: int = 0
 
-    def record(self, requests: int, images: int, calls: int) -> None:
+    def record(self, requests: int, images: int, calls: int, streaming: int) -> None:
         self.batches += 1
         self.requests += requests
         self.images += images
         self.pipeline_calls += calls
+        self.streaming_requests += streaming
+        if 0 < streaming < requests:
+            self.mixed_batches += 1
         self.batch_size_histogram[images] = self.batch_size_histogram.get(images, 0) + 1
+
+
+def partial_steps(total_steps: int, count: int) -> list[int]:
+    """Evenly spaced step numbers (1-based, before the last step) to send previews at.
+
+    Fewer than ``count`` come back when there are too few steps to space them.
+    """
+    steps = {round((i + 1) * total_steps / (count + 1)) for i in range(count)}
+    return sorted(step for step in steps if 1 <= step < total_steps)
 
 
 def assign_seeds(n: int, seed: int | None, increment: int = 1) -> tuple[int, ...]:

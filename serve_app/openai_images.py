@@ -36,11 +36,11 @@ def parse_generate(body: Any) -> ImageGenerateRequest:
 
 def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:
     """Rules that depend on the chosen model's limits and abilities."""
-    if req.stream:
+    if req.stream and req.response_format == "url":
         raise invalid(
-            "stream=true is not supported yet by this server; send stream=false.",
-            param="stream",
-            code="unsupported_parameter",
+            "stream=true sends images as b64_json; response_format='url' cannot be streamed.",
+            param="response_format",
+            code="unsupported_value",
         )
     if req.background == "transparent":
         raise invalid(
@@ -85,6 +85,7 @@ def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> Ge
         gen_height=gen_h,
         steps=steps,
         guidance=float(guidance),
+        partial_images=(req.partial_images or 0) if req.stream else 0,
     )
 
 

@@ -104,6 +104,36 @@ class ImagesResponse(BaseModel):
     size: str | None = None
 
 
+class ImageGenPartialImageEvent(BaseModel):
+    """SSE ``image_generation.partial_image``: a preview while the image forms."""
+
+    type: str = "image_generation.partial_image"
+    b64_json: str
+    partial_image_index: int
+    background: Literal["transparent", "opaque"]
+    created_at: int
+    output_format: OutputFormat
+    quality: str | None = None
+    size: str
+    # Extension: which of the request's n images this preview belongs to.
+    image_index: int = 0
+
+
+class ImageGenCompletedEvent(BaseModel):
+    """SSE ``image_generation.completed``: one per finished image."""
+
+    type: str = "image_generation.completed"
+    b64_json: str
+    background: Literal["transparent", "opaque"]
+    created_at: int
+    output_format: OutputFormat
+    quality: str | None = None
+    size: str
+    # Extensions: the image's position among the n requested, and its seed.
+    image_index: int = 0
+    seed: int | None = None
+
+
 class ErrorObject(BaseModel):
     message: str
     type: str

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from serve_app import openai_images
 from serve_app.http import api_endpoint, read_json, request_id_of
 from serve_app.protocol import ModelCard, ModelList, dump
+from serve_app.streaming import SSE_HEADERS, generation_events
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -24,9 +25,14 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         model = ingress.resolve_model(req.model)
         job = openai_images.to_job(req, model, request_id)
         spec = openai_images.to_encode_spec(req, request_id, ingress.base_url(request))
+        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        if req.stream:
+            events = generation_events(ingress, model, req, job, spec)
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            )
         images = await ingress.generate_images(model, job, spec)
         payload = openai_images.build_response(req, job.seeds, images)
-        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
         return JSONResponse(payload, headers=headers)
 
     async def list_models(request: Request) -> Response:

@@ -36,6 +36,8 @@ def app_args_for_tests(image_dir: str) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = copy.deepcopy(doc["applications"][0]["args"])
     model = args["models"][0]
+    # Long requests (200 steps) let streaming tests cancel one mid-flight.
+    model["max_steps"] = 200
     model["deployment"] = {
         "num_replicas": 1,
         "max_ongoing_requests": 64,
@@ -96,3 +98,28 @@ def model_stats() -> dict[str, Any]:
 
     handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
     return handle.stats.remote().result()
+
+
+def model_replica_names() -> list[str]:
+    """Ray actor names of the model deployment's replicas (namespace ``serve``)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{APP_NAME}#{MODEL_DEPLOYMENT}#"
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    ]
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

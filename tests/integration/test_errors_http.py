@@ -51,10 +51,15 @@ def assert_error(response: httpx.Response, status: int, param: str | None, error
             "invalid_request_error",
         ),
         ({"prompt": "x", "background": "transparent"}, 400, "background", "invalid_request_error"),
-        ({"prompt": "x", "stream": True}, 400, "stream", "invalid_request_error"),
+        (
+            {"prompt": "x", "stream": True, "response_format": "url"},
+            400,
+            "response_format",
+            "invalid_request_error",
+        ),
         ({"prompt": "x", "seed": -5}, 400, "seed", "invalid_request_error"),
         (
-            {"prompt": "x", "num_inference_steps": 51},
+            {"prompt": "x", "num_inference_steps": 201},
             400,
             "num_inference_steps",
             "invalid_request_error",

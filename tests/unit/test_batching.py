@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from deployments.batching import count_images, group_jobs, scatter
-from serve_app.job import GenerationJob, assign_seeds
+from deployments.batching import count_images, group_jobs
+from serve_app.job import GenerationJob, assign_seeds, partial_steps
 
 
 def job(
@@ -22,13 +21,6 @@ def job(
         steps=steps,
         guidance=float(kw.get("guidance", 5.0)),  # type: ignore[arg-type]
     )
-
-
-def fake_outputs(groups: list) -> list[np.ndarray]:
-    """Each image is filled with its seed, so scatter's bookkeeping is checkable."""
-    return [
-        np.stack([np.full((g.height, g.width, 3), s, np.uint8) for s in g.seeds]) for g in groups
-    ]
 
 
 def test_count_images_counts_images_not_requests() -> None:
@@ -63,29 +55,6 @@ def test_negative_prompts_stay_aligned() -> None:
     assert groups[0].negative_prompts == ["x", "", ""]
 
 
-@pytest.mark.parametrize("order", [[0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]])
-def test_every_image_returns_once_in_order(order: list[int]) -> None:
-    base = [
-        job("a", (10, 11, 12)),
-        job("b", (20,), size=128),
-        job("c", (30, 31), steps=8),
-        job("d", (40, 41)),
-    ]
-    jobs = [base[i] for i in order]
-    groups = group_jobs(jobs)
-    stacks = scatter(jobs, groups, fake_outputs(groups))
-    for j, stack in zip(jobs, stacks, strict=True):
-        assert stack.shape == (j.n, j.gen_height, j.gen_width, 3)
-        assert [int(img[0, 0, 0]) for img in stack] == list(j.seeds)
-
-
-def test_scatter_refuses_short_results() -> None:
-    jobs = [job("a", (1, 2))]
-    groups = group_jobs(jobs)
-    with pytest.raises(RuntimeError, match="2 seeds"):
-        scatter(jobs, groups, [np.zeros((1, 64, 64, 3), np.uint8)])
-
-
 def test_given_seed_counts_up() -> None:
     assert assign_seeds(3, 42) == (42, 43, 44)
     assert assign_seeds(3, 42, increment=100) == (42, 142, 242)
@@ -95,3 +64,20 @@ def test_random_seeds_are_distinct_and_32_bit() -> None:
     seeds = assign_seeds(10, None)
     assert len(set(seeds)) == 10
     assert all(0 <= s < 2**32 for s in seeds)
+
+
+@pytest.mark.parametrize(
+    "total,count,expected",
+    [
+        (20, 2, [7, 13]),
+        (20, 3, [5, 10, 15]),
+        (20, 1, [10]),
+        (4, 3, [1, 2, 3]),
+        (2, 3, [1]),
+        (20, 0, []),
+    ],
+)
+def test_partial_steps_are_evenly_spaced_before_the_end(
+    total: int, count: int, expected: list[int]
+) -> None:
+    assert partial_steps(total, count) == expected

@@ -29,7 +29,7 @@ def engine() -> DiffusersEngine:
 def run(engine: DiffusersEngine, *seeds: int, prompt: str = "a cat", size: int = 64) -> np.ndarray:
     job = GenerationJob("r", prompt, None, seeds, size, size, STEPS, 5.0)
     [group] = group_jobs([job])
-    return engine.generate(group)
+    return engine.generate(group).images
 
 
 def test_builtin_is_cached_in_pretrained_layout(tmp_path: Path) -> None:
@@ -111,3 +111,47 @@ def test_scheduler_override(tmp_path: Path) -> None:
 def test_unknown_scheduler_fails_loudly() -> None:
     with pytest.raises(ValueError, match="NopeScheduler"):
         DiffusersEngine(tiny_config(scheduler={"class_name": "NopeScheduler"}))
+
+
+class Recorder:
+    """A step observer that records calls and drops given rows at a given step."""
+
+    def __init__(self, drop_at: int = 0, drop: frozenset[int] = frozenset()) -> None:
+        self.drop_at, self.drop = drop_at, drop
+        self.calls: list[tuple[int, int, list[int]]] = []
+        self.previews: list[np.ndarray] = []
+
+    def __call__(self, step, total, rows, preview):  # type: ignore[no-untyped-def]
+        self.calls.append((step, total, rows))
+        self.previews.append(preview())
+        return set(self.drop) if step == self.drop_at else set()
+
+
+def group_for(*seeds: int):
+    [group] = group_jobs([GenerationJob("r", "a cat", None, seeds, 64, 64, STEPS, 5.0)])
+    return group
+
+
+def test_observer_sees_every_step_with_latent_previews(engine: DiffusersEngine) -> None:
+    recorder = Recorder()
+    output = engine.generate(group_for(1, 2), recorder)
+    assert [c[0] for c in recorder.calls] == list(range(1, STEPS + 1))
+    assert all(c[1] == STEPS and c[2] == [0, 1] for c in recorder.calls)
+    assert recorder.previews[0].shape == (2, 8, 8, 3) and recorder.previews[0].dtype == np.uint8
+    assert output.rows == [0, 1] and output.images.shape == (2, 64, 64, 3)
+
+
+def test_dropped_rows_leave_and_the_rest_are_unchanged(engine: DiffusersEngine) -> None:
+    full = engine.generate(group_for(1, 2, 3)).images.astype(int)
+    recorder = Recorder(drop_at=2, drop=frozenset({1}))
+    output = engine.generate(group_for(1, 2, 3), recorder)
+    assert output.rows == [0, 2]
+    assert [c[2] for c in recorder.calls] == [[0, 1, 2], [0, 1, 2], [0, 2], [0, 2]]
+    assert np.abs(output.images.astype(int) - full[[0, 2]]).max() <= 1
+
+
+def test_dropping_every_row_stops_the_call(engine: DiffusersEngine) -> None:
+    recorder = Recorder(drop_at=1, drop=frozenset({0, 1}))
+    output = engine.generate(group_for(1, 2), recorder)
+    assert output.rows == [] and output.images.shape[0] == 0
+    assert len(recorder.calls) == 1

@@ -16,7 +16,9 @@ import pytest
 from ray.serve import batching as serve_batching
 
 from deployments.batching import GenerationGroup
+from deployments.engine import GroupOutput
 from deployments.model_server import ModelServer
+from deployments.stepping import Submission
 from serve_app.job import GenerationJob
 
 
@@ -31,25 +33,49 @@ def _no_replica_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 class FakeEngine:
-    """Fills each image with its seed; can hold a call until released."""
+    """Fills each image with its seed; steps through the observer like the real engine.
+
+    ``pause(k)`` makes call ``k`` (0-based) wait inside its first step until the
+    returned event is set, so tests can queue requests behind a running batch or
+    cancel one mid-call.
+    """
 
     def __init__(self, config: Any) -> None:
         self.calls: list[list[int]] = []
-        self.hold = threading.Event()
-        self.hold.set()
+        self.pauses: dict[int, threading.Event] = {}
         self.entered = threading.Event()
         self.fail_next = False
+        self.steps_run: list[int] = []  # rows denoised at each step, across calls
 
-    def generate(self, group: GenerationGroup, on_step: Any = None) -> np.ndarray:
+    def pause(self, call: int) -> threading.Event:
+        return self.pauses.setdefault(call, threading.Event())
+
+    def generate(self, group: GenerationGroup, observer: Any = None) -> GroupOutput:
+        call = len(self.calls)
         self.calls.append(list(group.seeds))
-        self.entered.set()
-        self.hold.wait(timeout=10)
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("engine exploded")
-        return np.stack(
-            [np.full((group.height, group.width, 3), s % 256, np.uint8) for s in group.seeds]
+        rows = list(range(group.size))
+        for step in range(1, group.steps + 1):
+            self.steps_run.append(len(rows))
+            if step == 1 and call in self.pauses:
+                self.entered.set()
+                self.pauses[call].wait(timeout=10)
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("engine exploded")
+            if observer is not None:
+                seeds = [group.seeds[r] for r in rows]
+                preview = lambda seeds=seeds: np.stack(  # noqa: E731
+                    [np.full((2, 2, 3), s % 256, np.uint8) for s in seeds]
+                )
+                drop = observer(step, group.steps, list(rows), preview)
+                rows = [r for r in rows if r not in drop]
+        images = [
+            np.full((group.height, group.width, 3), group.seeds[r] % 256, np.uint8) for r in rows
+        ]
+        stack = (
+            np.stack(images) if images else np.zeros((0, group.height, group.width, 3), np.uint8)
         )
+        return GroupOutput(stack, rows)
 
 
 def make_server(**overrides: Any) -> ModelServer:
@@ -59,8 +85,8 @@ def make_server(**overrides: Any) -> ModelServer:
     return server
 
 
-def job(rid: str, *seeds: int, size: int = 16) -> GenerationJob:
-    return GenerationJob(rid, "p", None, seeds, size, size, 4, 5.0)
+def job(rid: str, *seeds: int, size: int = 16, partials: int = 0) -> GenerationJob:
+    return GenerationJob(rid, "p", None, seeds, size, size, 4, 5.0, partial_images=partials)
 
 
 def engine(server: ModelServer) -> FakeEngine:
@@ -86,14 +112,14 @@ async def test_lone_request_runs_at_once() -> None:
 async def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
     server = make_server()
     fake = engine(server)
-    fake.hold.clear()
+    release = fake.pause(0)
     first = asyncio.create_task(server.generate(job("a", 1)))
     await wait_entered(fake)
     rest = [
         asyncio.create_task(server.generate(job(f"r{i}", 10 * i, 10 * i + 1))) for i in range(1, 8)
     ]
     await asyncio.sleep(0.05)
-    fake.hold.set()
+    release.set()
     outs = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert seeds_of(outs[0]) == [1]
     for i, out in enumerate(outs[1:], start=1):
@@ -106,12 +132,12 @@ async def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
 async def test_batches_never_exceed_max_batch_size_in_images() -> None:
     server = make_server(max_images_per_request=2, batching={"max_batch_size": 4})
     fake = engine(server)
-    fake.hold.clear()
+    release = fake.pause(0)
     first = asyncio.create_task(server.generate(job("a", 1)))
     await wait_entered(fake)
     rest = [asyncio.create_task(server.generate(job(f"r{i}", i, i + 100))) for i in range(5)]
     await asyncio.sleep(0.05)
-    fake.hold.set()
+    release.set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert all(len(call) <= 4 for call in fake.calls)
     assert sum(len(call) for call in fake.calls) == 11
@@ -120,13 +146,13 @@ async def test_batches_never_exceed_max_batch_size_in_images() -> None:
 async def test_different_shapes_in_one_batch_make_separate_calls() -> None:
     server = make_server()
     fake = engine(server)
-    fake.hold.clear()
+    release = fake.pause(0)
     first = asyncio.create_task(server.generate(job("a", 1)))
     await wait_entered(fake)
     small = asyncio.create_task(server.generate(job("s", 2, size=16)))
     large = asyncio.create_task(server.generate(job("l", 3, size=32)))
     await asyncio.sleep(0.05)
-    fake.hold.set()
+    release.set()
     _, out_small, out_large = await asyncio.wait_for(asyncio.gather(first, small, large), 10)
     assert out_small.shape == (1, 16, 16, 3) and out_large.shape == (1, 32, 32, 3)
     stats = server.stats()
@@ -167,3 +193,58 @@ def test_warmup_runs_each_generation_size_once() -> None:
     sizes = sorted({(len(c),) for c in engine(server).calls})
     assert sizes == [(1,)]
     assert len(engine(server).calls) == 5  # 1024², 1344x768, 768x1344, 1216x832, 832x1216
+
+
+async def collect(server: ModelServer, j: GenerationJob) -> list[Any]:
+    return [event async for event in server._submit(Submission(j, stream=True))]
+
+
+async def test_stream_sends_partials_in_order_then_the_final() -> None:
+    server = make_server()
+    events = await asyncio.wait_for(collect(server, job("s", 3, 4, partials=3)), 5)
+    kinds = [(e.kind, e.partial_index) for e in events]
+    assert kinds == [("partial", 0), ("partial", 1), ("partial", 2), ("final", None)]
+    assert [int(img[0, 0, 0]) for img in events[0].pixels] == [3, 4]
+    assert seeds_of(events[-1].pixels) == [3, 4]
+    assert server.stats()["partial_images_sent"] == 6
+
+
+async def test_streamed_and_plain_requests_share_a_batch() -> None:
+    server = make_server()
+    fake = engine(server)
+    release = fake.pause(0)
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    streamed = asyncio.create_task(collect(server, job("s", 2, partials=2)))
+    plain = asyncio.create_task(server.generate(job("p", 3)))
+    await asyncio.sleep(0.05)
+    release.set()
+    _, events, out = await asyncio.wait_for(asyncio.gather(first, streamed, plain), 10)
+    assert [e.kind for e in events] == ["partial", "partial", "final"]
+    assert seeds_of(out) == [3]
+    assert fake.calls[1] == [2, 3]  # one pipeline call for both
+    stats = server.stats()
+    assert stats["mixed_batches"] == 1 and stats["streaming_requests"] == 1
+
+
+async def test_cancelled_request_leaves_the_running_call() -> None:
+    server = make_server()
+    fake = engine(server)
+    release = fake.pause(0)
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    doomed = asyncio.create_task(server.generate(job("d", 5, 6)))
+    kept = asyncio.create_task(server.generate(job("k", 7)))
+    await asyncio.sleep(0.05)
+    resume = fake.pause(1)
+    release.set()
+    await first
+    await wait_entered(fake)  # the second batch [d, k] is inside its first step
+    doomed.cancel()
+    await asyncio.sleep(0.05)
+    resume.set()
+    assert seeds_of(await asyncio.wait_for(kept, 5)) == [7]
+    stats = server.stats()
+    assert stats["cancelled_requests"] == 1
+    assert stats["dropped_images"] == 2 and stats["steps_saved"] == 2 * 3
+    assert fake.steps_run[-3:] == [1, 1, 1]  # only "k" was denoised after step 1

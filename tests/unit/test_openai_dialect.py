@@ -49,7 +49,7 @@ def test_wide_size_generates_at_the_scaled_bucket() -> None:
     [
         ({"n": 5}, "n"),
         ({"num_inference_steps": 51}, "num_inference_steps"),
-        ({"stream": True}, "stream"),
+        ({"stream": True, "response_format": "url"}, "response_format"),
         ({"background": "transparent"}, "background"),
         ({"prompt": "x" * 4001}, "prompt"),
     ],
@@ -80,3 +80,8 @@ def test_response_refuses_a_count_mismatch() -> None:
     req = parse_generate({"prompt": "x", "n": 2})
     with pytest.raises(APIError):
         build_response(req, [1, 2], [EncodedImage(b64_json="AA==")])
+
+
+def test_partial_images_only_apply_to_streams() -> None:
+    assert job_for(stream=True, partial_images=2).partial_images == 2
+    assert job_for(partial_images=2).partial_images == 0
