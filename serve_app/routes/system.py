@@ -44,11 +44,26 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             status_code=200 if ok else 503,
         )
 
+    async def stats(request: Request) -> Response:
+        """Batch counters of each model deployment (one replica's view per model).
+
+        For benchmarks and operators: how large batches really are. With several
+        replicas a call reaches one of them; Serve's own metrics cover the rest.
+        """
+        models = list(ingress.models)
+        results = await asyncio.gather(*(_call(ingress.models[m], "stats") for m in models))
+        return JSONResponse({"models": dict(zip(models, results, strict=True))})
+
     return [
         Route("/health", health, methods=["GET"]),
         Route("/ready", api_endpoint(ready), methods=["GET"]),
+        Route("/v1/stats", api_endpoint(stats), methods=["GET"]),
     ]
 
 
 async def _call_ready(handle: object) -> object:
-    return await handle.ready.remote()  # type: ignore[attr-defined]
+    return await _call(handle, "ready")
+
+
+async def _call(handle: object, method: str) -> object:
+    return await getattr(handle, method).remote()

@@ -162,3 +162,9 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     ready = http.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["deployments"] == {"encoder": "ready", "model:tiny-sdxl": "ready"}
+
+
+def test_stats_route_reports_model_counters(http: httpx.Client) -> None:
+    stats = http.get("/v1/stats").json()["models"]["tiny-sdxl"]
+    assert stats["requests"] > 0 and stats["images"] >= stats["requests"]
+    assert sum(stats["batch_size_histogram"].values()) == stats["batches"]
