@@ -58,9 +58,15 @@ def plot(path: Path, runs: dict[str, list[dict[str, Any]]], baseline: float | No
         )
     if baseline is not None:
         left.axhline(baseline, color="gray", linestyle="--", label="raw pipeline best")
-    left.set(xscale="log", xlabel="concurrency", ylabel="images/s", title="Throughput")
-    right.set(xscale="log", xlabel="concurrency", ylabel="p50 latency (ms)", title="Latency")
+    left.set(xlabel="concurrency", ylabel="images/s", title="Throughput")
+    right.set(xlabel="concurrency", ylabel="p50 latency (ms)", title="Latency")
+    levels = sorted(
+        {r["value"] for rows in runs.values() for r in rows if r["mode"] == "concurrency"}
+    )
     for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [f"{v:g}" for v in levels])
+        axis.set_ylim(bottom=0)
         axis.grid(True, alpha=0.3)
         axis.legend()
     fig.tight_layout()
