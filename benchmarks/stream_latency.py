@@ -11,7 +11,7 @@ Two measurements against one OpenAI-compatible server, side by side in one run:
 Warm-up requests are excluded. ``--start`` launches the app from serve_config.yaml in
 a private Ray instance (fractional CPUs, one model replica) and stops it afterwards.
 
-    python benchmarks/stream_latency.py --start --out benchmarks/results/stream_latency
+    python -m benchmarks.stream_latency --start --out benchmarks/results/stream_latency
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from benchmarks.server import started_server
 
 ROUTE = "/v1/images/generations"
 
@@ -110,38 +110,6 @@ def benchmark(url: str, args: argparse.Namespace) -> dict[str, Any]:
         stats["streamed_images_per_s"] / stats["plain_images_per_s"]
     )
     return {"stats": stats, "raw": {"latency": latency, "rounds": rounds}}
-
-
-@contextmanager
-def started_server(port: int) -> Iterator[str]:
-    """The app from serve_config.yaml in a private Ray instance (as the tests run it)."""
-    import shutil
-    import tempfile
-
-    import ray
-    import yaml
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    root = Path(__file__).resolve().parents[1]
-    args = yaml.safe_load((root / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args["models"][0]["deployment"] = {
-        "num_replicas": 1,
-        "max_ongoing_requests": 64,
-        "ray_actor_options": {"num_cpus": 1},
-    }
-    for part in ("encoder", "ingress"):
-        args[part]["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
-    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    ray.init(address="local", include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="imagegen", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        ray.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def main() -> None:

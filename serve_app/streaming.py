@@ -86,13 +86,13 @@ async def _frames(
     now = int(time.time())
     frames = []
     for index, image in enumerate(encoded):
-        assert image.b64_json is not None
+        if image.b64_json is None:
+            raise RuntimeError("the encoder returned no b64_json for a streamed image")
         if event.kind == "partial":
-            assert event.partial_index is not None
             data: BaseModel = ImageGenPartialImageEvent(
                 type=f"{prefix}.partial_image",
                 b64_json=image.b64_json,
-                partial_image_index=event.partial_index,
+                partial_image_index=event.partial_index or 0,
                 created_at=now,
                 image_index=index,
                 **common,
