@@ -1,8 +1,8 @@
 """Start this project's app in a private Ray instance for a benchmark, and stop it after.
 
-It runs the ``args`` of ``serve_config.yaml`` with one model replica (so the batch
-counters it reports are the whole story) and fractional CPUs for the rest, the way
-the integration tests do. ``overrides`` patches the model entry, e.g. to turn
+It runs the ``args`` of a serve config with exactly one replica per deployment (so
+the model's batch counters are the whole story), keeping each deployment's own
+resources (CPUs, GPUs). ``overrides`` patches the model entry, e.g. to turn
 batching off for the naive baseline.
 """
 
@@ -25,21 +25,21 @@ def app_args(config: Path, model_overrides: dict[str, Any] | None = None) -> dic
     doc = yaml.safe_load(config.read_text())
     args = copy.deepcopy(doc["applications"][0]["args"])
     model = args["models"][0]
-    batching = model.get("batching", {})
-    model["deployment"] = {
-        "num_replicas": 1,
-        "max_ongoing_requests": 4 * batching.get("max_batch_size", 16),
-        "ray_actor_options": {"num_cpus": 1},
-    }
     for key, value in (model_overrides or {}).items():
         model[key] = value
+    batching = model.get("batching", {})
+    model["deployment"] = _one_replica(
+        model.get("deployment", {}), 4 * batching.get("max_batch_size", 16)
+    )
     for part in ("encoder", "ingress"):
-        args[part]["deployment"] = {
-            "num_replicas": 1,
-            "max_ongoing_requests": 256,
-            "ray_actor_options": {"num_cpus": 0.25},
-        }
+        section = args.setdefault(part, {})
+        section["deployment"] = _one_replica(section.get("deployment", {}), 256)
     return args
+
+
+def _one_replica(options: dict[str, Any], max_ongoing: int) -> dict[str, Any]:
+    fixed = {k: v for k, v in options.items() if k != "autoscaling_config"}
+    return {**fixed, "num_replicas": 1, "max_ongoing_requests": max_ongoing}
 
 
 def model_config(config: Path) -> dict[str, Any]:

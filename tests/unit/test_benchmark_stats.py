@@ -96,3 +96,19 @@ def test_markdown_row_per_level() -> None:
     table = markdown(runs)
     assert "| batched | c=4 | 3.50 | 100.00 |" in table
     assert "1×1, 3×2" in table
+
+
+def test_benchmark_configs_are_valid_app_configs() -> None:
+    from benchmarks.server import app_args
+    from serve_app.config import ImageServingArgs
+
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "serve_config.yaml", *sorted((root / "benchmarks/configs").glob("*.yaml"))]:
+        args = ImageServingArgs.model_validate(app_args(path))
+        assert all(m.deployment.num_replicas == 1 for m in args.models)
+    gpu = app_args(root / "benchmarks/configs/sdxl-lightning-gpu.yaml")["models"][0]
+    assert gpu["deployment"]["ray_actor_options"]["num_gpus"] == 1
+    naive = app_args(
+        root / "serve_config.yaml", {"batching": {"max_batch_size": 1}, "max_images_per_request": 1}
+    )
+    assert ImageServingArgs.model_validate(naive).models[0].batching.max_batch_size == 1
