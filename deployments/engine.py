@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,10 +45,15 @@ class StepObserver(Protocol):
 
 @dataclass
 class GroupOutput:
-    """Finished images for the rows that were not dropped, in ``rows`` order."""
+    """Finished images for the rows that were not dropped, in ``rows`` order.
+
+    ``invalid_rows`` lists rows whose pixels were not finite (NaN/inf); their
+    requests fail instead of returning garbage.
+    """
 
     images: np.ndarray
     rows: list[int]
+    invalid_rows: list[int] = field(default_factory=list)
 
 
 class Engine(Protocol):
@@ -172,9 +177,13 @@ class DiffusersEngine:
         except _AllRowsDropped:
             return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
+        #    Non-finite pixels (a float16 overflow, say) fail their request.
         images = np.asarray(result.images)
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        invalid = [row for row, ok in zip(rows, finite, strict=True) if not ok]
+        images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
         pixels = (images * 255.0).round().clip(0, 255).astype(np.uint8)
-        return GroupOutput(pixels, rows)
+        return GroupOutput(pixels, rows, invalid)
 
 
 # Per-step inputs the SDXL loop reads back from the callback, sliced on drops.

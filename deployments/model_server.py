@@ -139,6 +139,9 @@ class ModelServer:
             while (item := await inbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
+                if item.kind == "error":
+                    finished = True  # failed, not abandoned: nothing to cancel
+                    raise item.error or RuntimeError("generation failed")
                 # Set before yielding: the consumer may stop iterating at the final.
                 finished = item.kind == "final"
                 yield item

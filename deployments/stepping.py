@@ -10,12 +10,13 @@ its final images. Events go back to the event loop through ``emit``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from deployments.batching import GenerationGroup
 from deployments.engine import Engine
+from serve_app.errors import APIError
 from serve_app.job import BatchStats, GenerationJob, ImageEvent, partial_steps
 
 Emit = Callable[[int, ImageEvent], None]
@@ -28,6 +29,8 @@ class Submission:
     job: GenerationJob
     stream: bool
     cancelled: bool = False
+    # Preview indices already sent, so a retried call does not send them twice.
+    sent_partials: set[int] = field(default_factory=set)
 
     @property
     def n(self) -> int:
@@ -65,13 +68,16 @@ class GroupObserver:
         due = {
             index: schedule[step]
             for index, schedule in self.schedule.items()
-            if step in schedule and not self.subs[index].cancelled
+            if step in schedule
+            and not self.subs[index].cancelled
+            and schedule[step] not in self.subs[index].sent_partials
         }
         if due:
             images = preview()
             for index, partial_index in due.items():
                 mine = [i for i, r in enumerate(rows) if owners[r][0] == index]
                 event = ImageEvent("partial", images[mine], partial_index=partial_index)
+                self.subs[index].sent_partials.add(partial_index)
                 self.emit(index, event)
                 self.stats.partial_images_sent += len(mine)
         # 2. Rows of cancelled requests leave the batch (if the scheduler allows it).
@@ -91,24 +97,81 @@ def run_groups(
 ) -> None:
     """Run every group of a batch in order, emitting events as they happen."""
     for group in groups:
-        if all(subs[index].cancelled for index, _ in group.owners):
-            stats.dropped_images += group.size
-            stats.steps_saved += group.size * group.steps
-            continue
-        observer = GroupObserver(subs, group, emit, stats)
-        output = engine.generate(group, observer)
-        # Reassemble per request; a request missing images was cancelled mid-call.
-        images: dict[int, dict[int, np.ndarray]] = {}
-        for row, image in zip(output.rows, output.images, strict=True):
-            index, image_index = group.owners[row]
-            images.setdefault(index, {})[image_index] = image
-        for index in sorted({owner[0] for owner in group.owners}):
-            sub = subs[index]
-            got = images.get(index, {})
-            if len(got) == sub.n:
-                stack = np.stack([got[i] for i in range(sub.n)])
-                emit(index, ImageEvent("final", stack))
-            elif not sub.cancelled:
-                raise RuntimeError(
-                    f"request {sub.job.request_id} lost {sub.n - len(got)} images in the pipeline"
-                )
+        run_group(engine, subs, group, emit, stats, may_split=True)
+
+
+def run_group(
+    engine: Engine,
+    subs: Sequence[Submission],
+    group: GenerationGroup,
+    emit: Emit,
+    stats: BatchStats,
+    may_split: bool,
+) -> None:
+    """One pipeline call; if it fails, each request in it is retried alone, once.
+
+    So an error caused by one request (or an out-of-memory at this batch size) fails
+    only the requests that also fail on their own.
+    """
+    members = sorted({index for index, _ in group.owners})
+    if all(subs[index].cancelled for index in members):
+        stats.dropped_images += group.size
+        stats.steps_saved += group.size * group.steps
+        return
+    try:
+        output = engine.generate(group, GroupObserver(subs, group, emit, stats))
+    except Exception as exc:  # noqa: BLE001 - isolated per request below
+        if may_split and len(members) > 1:
+            stats.split_batches += 1
+            for index in members:
+                run_group(engine, subs, subgroup(group, index), emit, stats, may_split=False)
+            return
+        for index in members:
+            fail(subs, index, exc, emit, stats)
+        return
+    # Reassemble per request; a request missing images was cancelled mid-call.
+    images: dict[int, dict[int, np.ndarray]] = {}
+    invalid = {group.owners[row][0] for row in output.invalid_rows}
+    for row, image in zip(output.rows, output.images, strict=True):
+        index, image_index = group.owners[row]
+        images.setdefault(index, {})[image_index] = image
+    for index in members:
+        sub = subs[index]
+        got = images.get(index, {})
+        if index in invalid:
+            fail(subs, index, invalid_output_error(), emit, stats)
+        elif len(got) == sub.n:
+            emit(index, ImageEvent("final", np.stack([got[i] for i in range(sub.n)])))
+        elif not sub.cancelled:
+            error = RuntimeError(f"request {sub.job.request_id} lost images in the pipeline")
+            fail(subs, index, error, emit, stats)
+
+
+def invalid_output_error() -> APIError:
+    """The pipeline produced non-finite pixels (e.g. a float16 overflow to NaN)."""
+    return APIError(
+        "internal",
+        "The model produced an invalid image (non-finite pixels); try another seed or prompt.",
+        code="invalid_output",
+    )
+
+
+def fail(
+    subs: Sequence[Submission], index: int, error: Exception, emit: Emit, stats: BatchStats
+) -> None:
+    stats.failed_requests += 1
+    emit(index, ImageEvent("error", None, error=error))
+
+
+def subgroup(group: GenerationGroup, index: int) -> GenerationGroup:
+    """The rows of one request, as a group of their own."""
+    rows = [row for row, owner in enumerate(group.owners) if owner[0] == index]
+    return replace(
+        group,
+        prompts=[group.prompts[r] for r in rows],
+        negative_prompts=(
+            None if group.negative_prompts is None else [group.negative_prompts[r] for r in rows]
+        ),
+        seeds=[group.seeds[r] for r in rows],
+        owners=[group.owners[r] for r in rows],
+    )

@@ -72,9 +72,11 @@ class ImageEvent:
     Partial pixels are at latent resolution; the encoder resizes them like finals.
     """
 
-    kind: Literal["partial", "final"]
+    kind: Literal["partial", "final", "error"]
     pixels: Any
     partial_index: int | None = None
+    # For kind "error": why this request failed (the others in its batch go on).
+    error: BaseException | None = None
 
 
 @dataclass
@@ -95,6 +97,9 @@ class BatchStats:
     # denoising steps that removal saved.
     dropped_images: int = 0
     steps_saved: int = 0
+    # Failed pipeline calls retried one request at a time, and requests that failed.
+    split_batches: int = 0
+    failed_requests: int = 0
 
     def record(self, requests: int, images: int, calls: int, streaming: int) -> None:
         self.batches += 1

@@ -155,3 +155,26 @@ def test_dropping_every_row_stops_the_call(engine: DiffusersEngine) -> None:
     output = engine.generate(group_for(1, 2), recorder)
     assert output.rows == [] and output.images.shape[0] == 0
     assert len(recorder.calls) == 1
+
+
+def test_non_finite_pixels_are_flagged_per_image(engine: DiffusersEngine) -> None:
+    from types import SimpleNamespace
+
+    real = engine.pipe
+    images = np.full((3, 8, 8, 3), 0.5, np.float32)
+    images[1, 2, 2, 0] = np.nan
+
+    class NaNPipe:
+        scheduler = real.scheduler
+        unet = real.unet
+
+        def __call__(self, **kwargs: object) -> SimpleNamespace:
+            return SimpleNamespace(images=images)
+
+    engine.pipe = NaNPipe()
+    try:
+        output = engine.generate(group_for(1, 2, 3))
+    finally:
+        engine.pipe = real
+    assert output.invalid_rows == [1] and output.rows == [0, 1, 2]
+    assert output.images.dtype == np.uint8

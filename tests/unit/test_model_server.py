@@ -248,3 +248,58 @@ async def test_cancelled_request_leaves_the_running_call() -> None:
     assert stats["cancelled_requests"] == 1
     assert stats["dropped_images"] == 2 and stats["steps_saved"] == 2 * 3
     assert fake.steps_run[-3:] == [1, 1, 1]  # only "k" was denoised after step 1
+
+
+class PoisonEngine(FakeEngine):
+    """Fails any call that contains seed 13: a request that breaks its whole batch."""
+
+    def generate(self, group: GenerationGroup, observer: Any = None) -> GroupOutput:
+        if 13 in group.seeds:
+            self.calls.append(list(group.seeds))
+            raise RuntimeError("bad input in the batch")
+        return super().generate(group, observer)
+
+
+async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> None:
+    server = ModelServer(
+        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False}, engine_factory=PoisonEngine
+    )
+    fake = engine(server)
+    release = fake.pause(0)
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    good = asyncio.create_task(server.generate(job("g", 2, 3)))
+    bad = asyncio.create_task(server.generate(job("b", 13)))
+    also_good = asyncio.create_task(server.generate(job("h", 4)))
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.wait_for(
+        asyncio.gather(first, good, bad, also_good, return_exceptions=True), 10
+    )
+    assert seeds_of(results[1]) == [2, 3] and seeds_of(results[3]) == [4]
+    assert isinstance(results[2], RuntimeError) and "bad input" in str(results[2])
+    stats = server.stats()
+    assert stats["split_batches"] == 1 and stats["failed_requests"] == 1
+    # The failed call, then one retry per request of that batch.
+    assert fake.calls[1:] == [[2, 3, 13, 4], [2, 3], [13], [4]]
+
+
+class NaNEngine(FakeEngine):
+    """Flags the image of seed 99 as non-finite, as the real engine does."""
+
+    def generate(self, group: GenerationGroup, observer: Any = None) -> GroupOutput:
+        output = super().generate(group, observer)
+        output.invalid_rows = [r for r in output.rows if group.seeds[r] == 99]
+        return output
+
+
+async def test_non_finite_image_fails_its_request_with_a_clear_error() -> None:
+    from serve_app.errors import APIError
+
+    server = ModelServer(
+        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False}, engine_factory=NaNEngine
+    )
+    with pytest.raises(APIError) as info:
+        await asyncio.wait_for(server.generate(job("n", 98, 99)), 5)
+    assert info.value.code == "invalid_output" and info.value.status == 500
+    assert seeds_of(await asyncio.wait_for(server.generate(job("ok", 5)), 5)) == [5]
