@@ -161,4 +161,8 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["deployments"] == {"encoder": "ready", "model:tiny-sdxl": "ready"}
+    assert ready.json()["deployments"] == {
+        "encoder": "ready",
+        "model:tiny-sdxl": "ready",
+        "model:tiny-sdxl-4step": "on_demand",  # scales to zero: never woken by a probe
+    }
