@@ -89,9 +89,16 @@ class Ingress:
         except Exception as exc:
             # A full queue while the model has no running replica is a cold start
             # (503), not an overload of busy replicas (429): see errors.ERROR_TABLE.
-            if is_backpressure(exc) and await self.running_replicas(model) == 0:
+            if is_backpressure(exc) and await self._is_cold(model):
                 raise model_starting(model.id, model.cold_start_retry_after_s) from None
             raise
+
+    async def _is_cold(self, model: ModelConfig) -> bool:
+        try:
+            return await self.running_replicas(model) == 0
+        except Exception:  # noqa: BLE001 - the overload answer (429) still stands
+            logger.warning("could not count replicas of %s", model.id, exc_info=True)
+            return False
 
     async def running_replicas(self, model: ModelConfig) -> int:
         """RUNNING replicas of a model's deployment, cached briefly (a burst of

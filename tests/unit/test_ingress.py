@@ -186,6 +186,19 @@ def test_full_queue_is_429_when_busy_and_503_when_cold(
     assert counts.asked == [f"Model:{model}"]  # cached: one status call for the burst
 
 
+def test_full_queue_stays_429_when_serve_status_fails(tmp_path: Path) -> None:
+    async def full(job: Any) -> np.ndarray:
+        raise serve_exc.BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    class Broken(ReplicaCounts):
+        async def __call__(self, deployment: str) -> int:
+            raise ConnectionError("controller unreachable")
+
+    client, _, _ = make_client(tmp_path, full, replicas=Broken({}))
+    response = client.post(ROUTE, json={"prompt": "x", "model": "lazy"})
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+
+
 def test_api_error_raised_in_a_replica_reaches_the_client(tmp_path: Path) -> None:
     async def fail(job: Any) -> np.ndarray:
         inner = APIError("invalid_request", "prompt rejected by the model", param="prompt")
