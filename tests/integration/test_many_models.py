@@ -39,6 +39,7 @@ def test_models_route_by_name_with_their_own_defaults_and_replicas(scaling_url: 
         model="tiny-fast", prompt="a fox", size="256x256", extra_body={"seed": 11}
     )
     assert fast.headers["x-imagegen-model"] == ON_DEMAND
+    assert running(deployment(ON_DEMAND)) == 1  # woken (it idles back to 0 after 3 s)
     assert stats(MODEL)["requests"] == before
     slow = client.images.with_raw_response.generate(
         model="dall-e-3", prompt="a fox", size="256x256", extra_body={"seed": 11}
