@@ -116,7 +116,10 @@ def batch_summary(before: dict[str, Any] | None, after: dict[str, Any] | None) -
         return {}
     hist: dict[int, int] = {}
     for model, stats in after["models"].items():
-        old = before["models"].get(model, {}).get("batch_size_histogram", {})
+        if not isinstance(stats, dict):  # "on_demand": a model asleep, not asked
+            continue
+        old = before["models"].get(model, {})
+        old = old.get("batch_size_histogram", {}) if isinstance(old, dict) else {}
         for size, count in histogram_delta(old, stats["batch_size_histogram"]).items():
             hist[size] = hist.get(size, 0) + count
     return {"batch_size_histogram": hist, "mean_batch_images": mean_batch(hist)}

@@ -58,6 +58,12 @@ class DeploymentOptions(StrictModel):
     def to_serve_options(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
+    def scales_to_zero(self) -> bool:
+        """Whether the deployment may have no replica at all while idle."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.get("min_replicas", 1) == 0
+        return self.num_replicas == 0
+
 
 class BatchingConfig(StrictModel):
     """``@serve.batch`` limits; both can be changed live through ``user_config``."""
@@ -112,6 +118,12 @@ class ModelConfig(StrictModel):
     )
     size_multiple: int = Field(default=8, ge=1, description="Generated sides snap to this.")
     warmup: bool = True
+    cold_start_retry_after_s: int = Field(
+        default=10,
+        ge=1,
+        description="Retry-After sent with the 503 when this model is scaled to zero, "
+        "cold-starting, and its queue (max_queued_requests) is full.",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 

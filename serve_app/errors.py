@@ -29,7 +29,15 @@ ErrorKind = Literal[
     "internal",
 ]
 
-# kind -> (HTTP status, OpenAI error type)
+# kind -> (HTTP status, OpenAI error type).
+#
+# Overload has two kinds, told apart by whether the model has a running replica
+# when Serve's queue for it (``max_queued_requests``) is full:
+# - ``rate_limited`` (429): replicas are running and all busy; retry soon.
+# - ``unavailable`` (503): no replica is running, because the model is scaled to
+#   zero and still cold-starting (``code="model_cold_start"``, ``Retry-After`` =
+#   the model's ``cold_start_retry_after_s``), or the deployment is unavailable.
+# Requests within the queue limit always wait, also through a cold start.
 ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "authentication": (401, "authentication_error"),
@@ -112,14 +120,39 @@ def _code_for(pydantic_type: str | None) -> str | None:
     return "invalid_value" if pydantic_type else None
 
 
+def unwrap(exc: BaseException) -> BaseException:
+    """An error raised in a replica arrives wrapped, once per handle hop."""
+    from ray import exceptions as ray_exc
+
+    while isinstance(exc, ray_exc.RayTaskError) and getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return exc
+
+
+def is_backpressure(exc: BaseException) -> bool:
+    """Serve refused the request because a deployment's queue is full."""
+    from ray.serve import exceptions as serve_exc
+
+    return isinstance(unwrap(exc), serve_exc.BackPressureError)
+
+
+def model_starting(model_id: str, retry_after_s: int) -> APIError:
+    """The queue is full while the model has no running replica (a cold start)."""
+    return APIError(
+        "unavailable",
+        f"The model '{model_id}' is starting up (it was scaled to zero) and its queue is "
+        f"full; retry after {retry_after_s} s.",
+        code="model_cold_start",
+        headers={"retry-after": str(retry_after_s)},
+    )
+
+
 def from_exception(exc: BaseException, request_id: str) -> APIError:
     """Classify anything raised while serving a request; log what the client won't see."""
     from ray import exceptions as ray_exc
     from ray.serve import exceptions as serve_exc
 
-    # An error raised in a replica arrives wrapped, once per handle hop.
-    while isinstance(exc, ray_exc.RayTaskError) and getattr(exc, "cause", None) is not None:
-        exc = exc.cause
+    exc = unwrap(exc)
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, serve_exc.BackPressureError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
@@ -19,11 +20,15 @@ from starlette.requests import Request
 
 from deployments.storage import LocalImageStore, UrlSigner
 from serve_app.config import ImageServingArgs, ModelConfig
-from serve_app.errors import APIError
+from serve_app.errors import APIError, is_backpressure, model_starting
 from serve_app.http import http_exception_handler
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
 
 logger = logging.getLogger("imagegen.ingress")
+
+# deployment name -> its RUNNING replicas; asked only when a queue is full.
+ReplicaCounter = Callable[[str], Awaitable[int]]
+REPLICA_COUNT_TTL_S = 1.0
 
 
 class Ingress:
@@ -35,6 +40,7 @@ class Ingress:
         models: dict[str, DeploymentHandle],
         encoder: DeploymentHandle,
         signing_key: str,
+        running_replicas: ReplicaCounter | None = None,
     ) -> None:
         self.args = ImageServingArgs.model_validate(args)
         self.names = self.args.model_names()
@@ -45,6 +51,8 @@ class Ingress:
         signer = UrlSigner(signing_key, self.args.storage.url_ttl_s)
         self.store = LocalImageStore(self.args.storage.local_dir, signer)
         self.started = int(time.time())
+        self._count_replicas = running_replicas or serve_running_replicas
+        self._replica_counts: dict[str, tuple[float, int]] = {}
 
     def __serve_build_asgi_app__(self) -> Starlette:
         from serve_app.routes import all_routes
@@ -76,7 +84,33 @@ class Ingress:
         """Generate on the model deployment, encode on the encoder, within the deadline."""
         pixels = self.models[model.id].generate.remote(job)
         encoded = self.encoder.encode.remote(pixels, spec)
-        return await self.within_deadline(pixels, encoded)
+        try:
+            return await self.within_deadline(pixels, encoded)
+        except Exception as exc:
+            # A full queue while the model has no running replica is a cold start
+            # (503), not an overload of busy replicas (429): see errors.ERROR_TABLE.
+            if is_backpressure(exc) and await self._is_cold(model):
+                raise model_starting(model.id, model.cold_start_retry_after_s) from None
+            raise
+
+    async def _is_cold(self, model: ModelConfig) -> bool:
+        try:
+            return await self.running_replicas(model) == 0
+        except Exception:  # noqa: BLE001 - the overload answer (429) still stands
+            logger.warning("could not count replicas of %s", model.id, exc_info=True)
+            return False
+
+    async def running_replicas(self, model: ModelConfig) -> int:
+        """RUNNING replicas of a model's deployment, cached briefly (a burst of
+        rejections must not turn into a burst of controller calls)."""
+        name = model.deployment_name()
+        now = time.monotonic()
+        cached = self._replica_counts.get(name)
+        if cached is not None and now - cached[0] < REPLICA_COUNT_TTL_S:
+            return cached[1]
+        count = await self._count_replicas(name)
+        self._replica_counts[name] = (now, count)
+        return count
 
     async def within_deadline(self, *responses: DeploymentResponse) -> Any:
         """Await the last response; on timeout or disconnect, cancel them all."""
@@ -92,3 +126,14 @@ class Ingress:
 
 async def _resolve(response: DeploymentResponse) -> Any:
     return await response
+
+
+async def serve_running_replicas(deployment: str) -> int:
+    """Ask Serve's controller how many replicas of a deployment in this app run."""
+    from ray import serve
+
+    app = serve.get_replica_context().app_name
+    status = await asyncio.to_thread(serve.status)
+    overview = status.applications[app].deployments.get(deployment)
+    # ReplicaState is a str enum, so its plain name finds the count.
+    return 0 if overview is None else overview.replica_states.get("RUNNING", 0)  # type: ignore[call-overload]

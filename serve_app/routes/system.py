@@ -1,4 +1,4 @@
-"""``GET /health`` (liveness) and ``GET /ready`` (readiness)."""
+"""``GET /health`` (liveness), ``GET /ready`` (readiness), ``GET /v1/stats`` (batch counters)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,15 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        """Readiness: every model deployment and the encoder answer within a deadline."""
+        """Readiness: the encoder and every always-on model answer within a deadline.
+
+        A model that scales to zero is reported as ``on_demand`` and not called:
+        a probe would wake it and keep it from ever scaling down.
+        """
+        on_demand = {f"model:{m.id}" for m in ingress.args.models if m.deployment.scales_to_zero()}
         handles = {
             "encoder": ingress.encoder,
-            **{f"model:{k}": v for k, v in ingress.models.items()},
+            **{f"model:{k}": v for k, v in ingress.models.items() if f"model:{k}" not in on_demand},
         }
 
         async def check(handle: object) -> str:
@@ -39,6 +44,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         results = await asyncio.gather(*(check(h) for h in handles.values()))
         status = dict(zip(handles, results, strict=True))
         ok = all(value == "ready" for value in status.values())
+        status |= dict.fromkeys(sorted(on_demand), "on_demand")
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "deployments": status},
             status_code=200 if ok else 503,
@@ -49,10 +55,13 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
 
         For benchmarks and operators: how large batches really are. With several
         replicas a call reaches one of them; Serve's own metrics cover the rest.
+        Models that scale to zero report ``on_demand``: asking would wake them.
         """
-        models = list(ingress.models)
-        results = await asyncio.gather(*(_call(ingress.models[m], "stats") for m in models))
-        return JSONResponse({"models": dict(zip(models, results, strict=True))})
+        awake = [m.id for m in ingress.args.models if not m.deployment.scales_to_zero()]
+        results = await asyncio.gather(*(_call(ingress.models[m], "stats") for m in awake))
+        report: dict[str, object] = dict.fromkeys(ingress.models, "on_demand")
+        report.update(zip(awake, results, strict=True))
+        return JSONResponse({"models": report})
 
     return [
         Route("/health", health, methods=["GET"]),

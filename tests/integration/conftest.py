@@ -1,8 +1,12 @@
-"""One real Ray Serve app on the tiny model for the whole integration tier.
+"""Real Ray Serve apps on the tiny model, shared by the integration tier.
 
 Ray runs in an isolated temp dir with ``address="local"`` (never joining another
 cluster on the machine) and is torn down with ``ray.shutdown()``, never ``ray stop``.
 Deployments take fractional CPUs so everything fits on 2 cores.
+
+Two apps share the one Ray instance: ``imagegen`` at ``/`` with fixed replica
+counts (most tests), and ``scaling`` at ``/scaling``, deployed only when a test
+asks for it, with autoscaling on short delays (autoscaling and scale-to-zero tests).
 """
 
 from __future__ import annotations
@@ -31,18 +35,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_config_args() -> dict[str, Any]:
+    """A copy of serve_config.yaml's ``args``: tests start from what ships."""
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    return copy.deepcopy(doc["applications"][0]["args"])
+
+
 def app_args_for_tests(image_dir: str) -> dict[str, Any]:
     """serve_config.yaml's own args, resized for a 2-core test machine."""
-    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    args = copy.deepcopy(doc["applications"][0]["args"])
-    model = args["models"][0]
+    args = serve_config_args()
+    first, *others = args["models"]
     # Long requests (200 steps) let streaming tests cancel one mid-flight.
-    model["max_steps"] = 200
-    model["deployment"] = {
+    first["max_steps"] = 200
+    first["deployment"] = {
         "num_replicas": 1,
         "max_ongoing_requests": 64,
         "ray_actor_options": {"num_cpus": 0.5},
     }
+    for model in others:  # they keep their own autoscaling; they cost nothing until used
+        model["deployment"]["ray_actor_options"] = {"num_cpus": 0.25}
     args["encoder"]["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
@@ -54,15 +65,13 @@ def app_args_for_tests(image_dir: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def base_url() -> Iterator[str]:
+def ray_serve() -> Iterator[int]:
+    """A local Ray with Serve's HTTP proxy; yields the proxy's port."""
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
-
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    image_dir = tempfile.mkdtemp(prefix="imagegen-images-")
     ray.init(
         address="local",
         num_cpus=2,
@@ -74,12 +83,44 @@ def base_url() -> Iterator[str]:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args_for_tests(image_dir)), name=APP_NAME, route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield port
     finally:
         ray.shutdown()
         shutil.rmtree(ray_dir, ignore_errors=True)
-        shutil.rmtree(image_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="imagegen-images-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_serve: int, image_dir: str) -> str:
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(app_args_for_tests(image_dir)), name=APP_NAME, route_prefix="/")
+    return f"http://127.0.0.1:{ray_serve}"
+
+
+@pytest.fixture(scope="session")
+def scaling_url(ray_serve: int, image_dir: str) -> Iterator[str]:
+    """The ``scaling`` app (see ``tests/integration/scaling.py``); deleted at the end."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.integration.scaling import SCALING_APP, SCALING_PREFIX, scaling_args
+
+    serve.run(
+        build_app(scaling_args(serve_config_args(), image_dir)),
+        name=SCALING_APP,
+        route_prefix=SCALING_PREFIX,
+    )
+    yield f"http://127.0.0.1:{ray_serve}{SCALING_PREFIX}"
+    serve.delete(SCALING_APP)
 
 
 @pytest.fixture(scope="session")

@@ -161,10 +161,16 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["deployments"] == {"encoder": "ready", "model:tiny-sdxl": "ready"}
+    assert ready.json()["deployments"] == {
+        "encoder": "ready",
+        "model:tiny-sdxl": "ready",
+        "model:tiny-sdxl-4step": "on_demand",  # scales to zero: never woken by a probe
+    }
 
 
 def test_stats_route_reports_model_counters(http: httpx.Client) -> None:
-    stats = http.get("/v1/stats").json()["models"]["tiny-sdxl"]
+    models = http.get("/v1/stats").json()["models"]
+    stats = models["tiny-sdxl"]
     assert stats["requests"] > 0 and stats["images"] >= stats["requests"]
     assert sum(stats["batch_size_histogram"].values()) == stats["batches"]
+    assert models["tiny-sdxl-4step"] == "on_demand"  # not woken to report counters

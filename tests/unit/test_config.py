@@ -25,8 +25,23 @@ def test_serve_config_yaml_is_valid() -> None:
     args = ImageServingArgs.model_validate(app["args"])
     assert args.resolve_default() == "tiny-sdxl"
     assert args.model_names()["dall-e-3"] == "tiny-sdxl"
-    for options in (args.models[0].deployment, args.encoder.deployment, args.ingress.deployment):
+    for options in (
+        *(model.deployment for model in args.models),
+        args.encoder.deployment,
+        args.ingress.deployment,
+    ):
         assert options.autoscaling_config is not None
+    # Several models, each with its own defaults; the second one scales to zero.
+    always_on, on_demand = args.models
+    assert not always_on.deployment.scales_to_zero() and on_demand.deployment.scales_to_zero()
+    assert (on_demand.default_steps, on_demand.default_guidance) == (4, 0.0)
+    assert args.model_names()["tiny-fast"] == on_demand.id
+
+
+def test_scales_to_zero() -> None:
+    assert DeploymentOptions(autoscaling_config={"min_replicas": 0}).scales_to_zero()
+    assert not DeploymentOptions(autoscaling_config={"max_replicas": 3}).scales_to_zero()
+    assert not DeploymentOptions().scales_to_zero()
 
 
 def test_typo_is_rejected() -> None:

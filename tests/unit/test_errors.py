@@ -8,7 +8,7 @@ import pytest
 from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 
-from serve_app.errors import ERROR_TABLE, APIError, from_exception
+from serve_app.errors import ERROR_TABLE, APIError, from_exception, is_backpressure, model_starting
 
 
 @pytest.mark.parametrize(
@@ -45,10 +45,24 @@ def test_api_error_survives_pickling_with_keywords() -> None:
 
 
 def test_backpressure_is_429_with_retry_after() -> None:
+    """Busy replicas with a full queue; the cold-start case is the ingress's call."""
     err = from_exception(
         serve_exc.BackPressureError(num_queued_requests=9, max_queued_requests=8), "r"
     )
     assert err.status == 429 and err.headers["retry-after"]
+
+
+def test_backpressure_is_recognised_through_a_handle_hop() -> None:
+    inner = serve_exc.BackPressureError(num_queued_requests=2, max_queued_requests=2)
+    assert is_backpressure(ray_exc.RayTaskError("encode", "tb", inner))
+    assert not is_backpressure(RuntimeError("x"))
+
+
+def test_cold_start_is_503_with_the_models_retry_after() -> None:
+    err = model_starting("tiny-4step", 12)
+    assert err.status == 503 and err.headers == {"retry-after": "12"}
+    assert err.body()["error"]["type"] == "service_unavailable_error"
+    assert err.code == "model_cold_start" and "tiny-4step" in err.message
 
 
 def test_unavailable_is_503() -> None:

@@ -72,15 +72,45 @@ async def ok() -> bool:
     return True
 
 
-def make_client(tmp_path: Path, generate: Callable[..., Any], timeout_s: float = 5.0):
+ON_DEMAND = {
+    "id": "lazy",
+    "source": "builtin:tiny-sdxl",
+    "cold_start_retry_after_s": 7,
+    "deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 1}},
+}
+
+
+class ReplicaCounts:
+    """Stands in for Serve's status: RUNNING replicas per deployment, calls recorded."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        self.asked: list[str] = []
+
+    async def __call__(self, deployment: str) -> int:
+        self.asked.append(deployment)
+        return self.counts[deployment]
+
+
+def make_client(
+    tmp_path: Path,
+    generate: Callable[..., Any],
+    timeout_s: float = 5.0,
+    replicas: ReplicaCounts | None = None,
+):
     args = {
-        "models": [{"id": "tiny", "source": "builtin:tiny-sdxl", "aliases": ["dall-e-3"]}],
+        "models": [
+            {"id": "tiny", "source": "builtin:tiny-sdxl", "aliases": ["dall-e-3"]},
+            ON_DEMAND,
+        ],
         "ingress": {"request_timeout_s": timeout_s},
         "storage": {"local_dir": str(tmp_path)},
     }
     model = FakeHandle(generate=generate, ready=ok)
     encoder = FakeHandle(encode=encode, ready=ok)
-    ingress = Ingress(args, {"tiny": model}, encoder, "k" * 32)  # type: ignore[arg-type]
+    handles = {"tiny": model, "lazy": model}
+    counts = replicas or ReplicaCounts({"Model:tiny": 1, "Model:lazy": 0})
+    ingress = Ingress(args, handles, encoder, "k" * 32, running_replicas=counts)  # type: ignore[arg-type]
     return TestClient(ingress.__serve_build_asgi_app__()), model, encoder
 
 
@@ -127,6 +157,48 @@ def test_serve_overload_maps_to_retryable_errors(
     assert response.headers[header]
 
 
+@pytest.mark.parametrize(
+    "model,running,status,retry_after,code",
+    [
+        # Replicas running, queue full: an overload, retry soon.
+        ("tiny", 1, 429, "1", "overloaded"),
+        # No running replica (scaled to zero, starting): a cold start.
+        ("lazy", 0, 503, "7", "model_cold_start"),
+        # Any model, even an always-on one, with nothing running is unavailable.
+        ("tiny", 0, 503, "10", "model_cold_start"),
+        ("lazy", 2, 429, "1", "overloaded"),
+    ],
+)
+def test_full_queue_is_429_when_busy_and_503_when_cold(
+    tmp_path: Path, model: str, running: int, status: int, retry_after: str, code: str
+) -> None:
+    async def full(job: Any) -> np.ndarray:
+        inner = serve_exc.BackPressureError(num_queued_requests=4, max_queued_requests=4)
+        raise ray_exc.RayTaskError("encode", "remote traceback", inner)
+
+    counts = ReplicaCounts({f"Model:{model}": running})
+    client, _, _ = make_client(tmp_path, full, replicas=counts)
+    for _ in range(3):
+        response = client.post(ROUTE, json={"prompt": "x", "model": model})
+        assert response.status_code == status
+        assert response.headers["retry-after"] == retry_after
+        assert response.json()["error"]["code"] == code
+    assert counts.asked == [f"Model:{model}"]  # cached: one status call for the burst
+
+
+def test_full_queue_stays_429_when_serve_status_fails(tmp_path: Path) -> None:
+    async def full(job: Any) -> np.ndarray:
+        raise serve_exc.BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    class Broken(ReplicaCounts):
+        async def __call__(self, deployment: str) -> int:
+            raise ConnectionError("controller unreachable")
+
+    client, _, _ = make_client(tmp_path, full, replicas=Broken({}))
+    response = client.post(ROUTE, json={"prompt": "x", "model": "lazy"})
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+
+
 def test_api_error_raised_in_a_replica_reaches_the_client(tmp_path: Path) -> None:
     async def fail(job: Any) -> np.ndarray:
         inner = APIError("invalid_request", "prompt rejected by the model", param="prompt")
@@ -152,8 +224,14 @@ def test_readiness_reports_each_deployment(tmp_path: Path) -> None:
     client, _, _ = make_client(tmp_path, pixels)
     assert client.get("/ready").json() == {
         "status": "ready",
-        "deployments": {"encoder": "ready", "model:tiny": "ready"},
+        "deployments": {"encoder": "ready", "model:tiny": "ready", "model:lazy": "on_demand"},
     }
+
+
+def test_readiness_never_wakes_a_model_that_scales_to_zero(tmp_path: Path) -> None:
+    client, model, _ = make_client(tmp_path, pixels)
+    client.get("/ready")
+    assert len(model.ready.responses) == 1  # "tiny" only; "lazy" was not called
 
 
 @pytest.mark.parametrize("module", ["serve_app.ingress", "serve_app.app", "deployments.encoder"])

@@ -1,0 +1,1 @@
+"""Deployment tooling: the KubeRay manifest and its generator and validator."""

@@ -1,0 +1,1 @@
+"""KubeRay RayService: ``generate`` writes serveConfigV2, ``validate`` checks the manifest."""
