@@ -1,13 +1,19 @@
-"""One real Ray Serve app on the tiny model for the whole integration tier.
+"""Real Ray Serve apps on the tiny model for the whole integration tier.
 
 Ray runs in an isolated temp dir with ``address="local"`` (never joining another
 cluster on the machine) and is torn down with ``ray.shutdown()``, never ``ray stop``.
 Deployments take fractional CPUs so everything fits on 2 cores.
+
+The main app (``/``) stores images in a local folder. A second app (``/s3``), started
+only when a test asks for it, is the same ``build_app`` with ``storage.kind: s3``
+pointed at the suite's moto_server; its replicas get the S3 credentials from the
+environment they inherit, as pods get them from a secret.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import socket
 import tempfile
@@ -20,9 +26,16 @@ import openai
 import pytest
 import yaml
 
+from serve_app.app import SIGNING_KEY_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "imagegen"
+S3_APP_NAME = "imagegen-s3"
+S3_ROUTE_PREFIX = "/s3"
+S3_URL_TTL_S = 45
 MODEL_DEPLOYMENT = "Model:tiny-sdxl"
+# Known to the tests so they can mint URLs (e.g. validly signed but expired ones).
+TEST_SIGNING_KEY = "integration-signing-key-0123456789"
 
 
 def free_port() -> int:
@@ -31,7 +44,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def app_args_for_tests(image_dir: str) -> dict[str, Any]:
+def app_args_for_tests(image_dir: str | None) -> dict[str, Any]:
     """serve_config.yaml's own args, resized for a 2-core test machine."""
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = copy.deepcopy(doc["applications"][0]["args"])
@@ -47,7 +60,22 @@ def app_args_for_tests(image_dir: str) -> dict[str, Any]:
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.25},
     }
-    args["storage"]["local_dir"] = image_dir
+    if image_dir is not None:
+        args["storage"]["local_dir"] = image_dir
+    return args
+
+
+def s3_app_args(endpoint: str, bucket: str) -> dict[str, Any]:
+    args = app_args_for_tests(None)
+    args["storage"] = {
+        "kind": "s3",
+        "bucket": bucket,
+        "prefix": "e2e/",
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "addressing_style": "path",
+        "url_ttl_s": S3_URL_TTL_S,
+    }
     return args
 
 
@@ -61,6 +89,7 @@ def base_url() -> Iterator[str]:
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     image_dir = tempfile.mkdtemp(prefix="imagegen-images-")
+    os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
     ray.init(
         address="local",
         num_cpus=2,
@@ -81,6 +110,18 @@ def base_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def s3_base_url(base_url: str, s3_endpoint: str, s3_bucket: str) -> str:
+    """The same app with the S3 backend, under ``/s3`` on the same Serve proxy."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    app = build_app(s3_app_args(s3_endpoint, s3_bucket))
+    serve.run(app, name=S3_APP_NAME, route_prefix=S3_ROUTE_PREFIX)
+    return base_url + S3_ROUTE_PREFIX
+
+
+@pytest.fixture(scope="session")
 def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
@@ -89,6 +130,11 @@ def client(base_url: str) -> openai.OpenAI:
 def http(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=120) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def s3_client_sdk(s3_base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{s3_base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def model_stats() -> dict[str, Any]:
