@@ -8,6 +8,7 @@ every model limit is checked once, in one place) and keeps it as a named Image o
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -19,6 +20,8 @@ from serve_app.image_catalog import ImageCatalog, ImageRecord, id_created_ms, is
 from serve_app.job import EncodeSpec, GenerationJob
 from serve_app.protocol import MAX_SEED, ImageGenerateRequest, ImageSize, LenientModel
 from serve_app.sizes import parse_size
+
+logger = logging.getLogger("imagegen.imagine")
 
 MAX_NAME_CHARS = 256
 DEFAULT_LIST_LIMIT = 20
@@ -72,6 +75,8 @@ def to_job_and_spec(
     req: ImagineRequest, model: ModelConfig, request_id: str, data_key: str
 ) -> tuple[GenerationJob, EncodeSpec]:
     """One image, generated like an OpenAI request, stored by the encoder at ``data_key``."""
+    if req.unknown_fields():
+        logger.info("request %s: ignoring fields %s", request_id, req.unknown_fields())
     generate = ImageGenerateRequest(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
