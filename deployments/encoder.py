@@ -1,7 +1,8 @@
-"""The encoder deployment: uint8 pixels -> png/jpeg/webp -> ``b64_json`` or a stored URL.
+"""The encoder deployment: uint8 pixels -> png/jpeg/webp -> ``b64_json``, a URL, or a stored key.
 
 It receives the model deployment's response object directly, so pixels go from
-the model replica to the encoder without passing through the ingress.
+the model replica to the encoder without passing through the ingress. It writes
+to the configured image store (local folder or S3); the ingress reads from it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codec import encode_image
-from deployments.storage import LocalImageStore, UrlSigner
+from deployments.codec import CONTENT_TYPES, encode_image
+from deployments.storage import make_store, output_key
 from serve_app.config import StorageConfig
 from serve_app.job import EncodedImage, EncodeSpec
 
@@ -21,26 +22,38 @@ class Encoder:
     """CPU-only; scales with request rate and bytes, independently of the GPUs."""
 
     def __init__(self, storage: StorageConfig | dict[str, Any], signing_key: str) -> None:
-        config = StorageConfig.model_validate(storage)
-        self.store = LocalImageStore(config.local_dir, UrlSigner(signing_key, config.url_ttl_s))
+        self.config = StorageConfig.model_validate(storage)
+        self.store = make_store(self.config, signing_key)
 
     def encode(self, pixels: np.ndarray, spec: EncodeSpec) -> list[EncodedImage]:
         """Encode every image of one job, in order."""
+        if spec.response_format == "stored" and len(spec.store_keys) != len(pixels):
+            raise ValueError(f"{len(pixels)} images but {len(spec.store_keys)} store keys")
         results = []
-        for image in pixels:
+        for index, image in enumerate(pixels):
             data = encode_image(
                 image, spec.width, spec.height, spec.output_format, spec.compression
             )
+            content_type = CONTENT_TYPES[spec.output_format]
             if spec.response_format == "b64_json":
                 encoded = base64.b64encode(data).decode("ascii")
                 results.append(EncodedImage(b64_json=encoded, byte_size=len(data)))
+            elif spec.response_format == "stored":
+                key = spec.store_keys[index]
+                self.store.put(key, data, content_type, _provenance(spec))
+                results.append(EncodedImage(key=key, byte_size=len(data)))
             else:
-                if spec.base_url is None:
-                    raise ValueError("url output needs a base_url")
-                key = self.store.put(data, spec.output_format)
-                url = self.store.url_for(key, spec.base_url)
+                key = output_key(spec.output_format)
+                self.store.put(key, data, content_type, _provenance(spec))
+                url = self.store.presign(key, self.config.url_ttl_s, spec.base_url)
                 results.append(EncodedImage(url=url, byte_size=len(data)))
         return results
 
     def ready(self) -> bool:
         return True
+
+
+def _provenance(spec: EncodeSpec) -> dict[str, str]:
+    """Object metadata naming the request that made the image (when it is plain ASCII)."""
+    rid = spec.request_id
+    return {"request-id": rid} if rid.isascii() and len(rid) <= 128 else {}

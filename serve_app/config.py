@@ -157,14 +157,98 @@ class ModelConfig(StrictModel):
         return "Model:" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.id)
 
 
-class StorageConfig(StrictModel):
-    """Where ``response_format=url`` images live. Single-node local folder for now."""
+_CREDENTIAL_KEYS = {
+    "access_key",
+    "access_key_id",
+    "aws_access_key_id",
+    "secret_key",
+    "secret_access_key",
+    "aws_secret_access_key",
+    "session_token",
+    "aws_session_token",
+    "credentials",
+    "password",
+}
+_STORE_PREFIX_RE = re.compile(r"^(?:[A-Za-z0-9_-]{1,128}/){0,4}$")
 
-    kind: Literal["local"] = "local"
+
+class StorageConfig(StrictModel):
+    """Where ``url`` output and imagine images live: a local folder or an S3-compatible bucket.
+
+    Credentials are never part of this config. The S3 backend takes them from boto3's
+    default chain: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` in the environment
+    (e.g. from a Kubernetes secret), a web identity token (IRSA), or an instance profile.
+    """
+
+    kind: Literal["local", "s3"] = "local"
+    url_ttl_s: int = Field(
+        default=3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of image URLs (signed or presigned), as OpenAI's (60 min).",
+    )
+    # kind: local
     local_dir: str | None = Field(
         default=None, description="Defaults to $IMAGEGEN_CACHE/images (or ~/.cache/...)."
     )
-    url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    sweep_interval_s: float = Field(
+        default=300.0, gt=0, description="How often expired local outputs are deleted."
+    )
+    # kind: s3
+    bucket: str | None = Field(default=None, min_length=3, max_length=63)
+    prefix: str = Field(default="imagegen/", description="Key prefix inside the bucket.")
+    endpoint_url: str | None = Field(
+        default=None, description="MinIO / GCS interop / moto; unset for AWS S3."
+    )
+    public_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint written into presigned URLs when clients reach the store at "
+        "another address than the servers do (e.g. an in-cluster MinIO service).",
+    )
+    region: str | None = None
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    manage_lifecycle: bool = Field(
+        default=True,
+        description="Install a bucket lifecycle rule that expires url outputs. Turn off "
+        "where the operator manages lifecycle (e.g. GCS, which has its own format).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            found = sorted(k for k in data if str(k).lower() in _CREDENTIAL_KEYS)
+            if found:
+                raise ValueError(
+                    f"storage credentials ({found}) do not belong in serve_config.yaml; set "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment "
+                    "(e.g. from a Kubernetes secret)"
+                )
+        return data
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        value = f"{value}/" if value else ""
+        if not _STORE_PREFIX_RE.match(value):
+            raise ValueError(
+                f"prefix {value!r} must be up to 4 segments of letters, digits, '_' or '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> StorageConfig:
+        s3_only = ("bucket", "endpoint_url", "public_endpoint_url", "region")
+        if self.kind == "s3" and self.bucket is None:
+            raise ValueError("storage kind 's3' needs a bucket")
+        if self.kind == "local":
+            misplaced = [name for name in s3_only if getattr(self, name) is not None]
+            if misplaced:
+                raise ValueError(f"{misplaced} only apply to storage kind 's3'")
+        elif self.local_dir is not None:
+            raise ValueError("local_dir only applies to storage kind 'local'")
+        return self
 
 
 class IngressConfig(StrictModel):

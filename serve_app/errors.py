@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from deployments.storage.base import StorageUnavailable
 from serve_app.protocol import ErrorObject, ErrorResponse
 
 logger = logging.getLogger("imagegen.errors")
@@ -167,6 +168,14 @@ def from_exception(exc: BaseException, request_id: str) -> APIError:
             "unavailable",
             "No replica is available to serve this request; retry shortly.",
             code="unavailable",
+            headers={"retry-after": "5"},
+        )
+    if isinstance(exc, StorageUnavailable):
+        logger.error("request %s: image store failed", request_id, exc_info=exc)
+        return APIError(
+            "unavailable",
+            "The image store is unavailable; retry shortly.",
+            code="storage_unavailable",
             headers={"retry-after": "5"},
         )
     if isinstance(exc, TimeoutError | ray_exc.GetTimeoutError):

@@ -29,6 +29,20 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
+DEFAULT_OWNER = "default"
+OWNER_SCOPE_KEY = "imagegen.owner"
+
+
+def owner_of(request: Request) -> str:
+    """Whose stored images this request may see.
+
+    The seam for API keys: authentication middleware sets ``scope["imagegen.owner"]``
+    to an opaque id for the caller's key (``[A-Za-z0-9_-]{1,64}``, e.g. a hash prefix).
+    Until keys exist, every request belongs to the single default owner.
+    """
+    return request.scope.get(OWNER_SCOPE_KEY, DEFAULT_OWNER)
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 

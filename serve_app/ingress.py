@@ -18,10 +18,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from deployments.storage import LocalImageStore, UrlSigner
+from deployments.storage import make_store, start_expiry
 from serve_app.config import ImageServingArgs, ModelConfig
 from serve_app.errors import APIError, is_backpressure, model_starting
 from serve_app.http import http_exception_handler
+from serve_app.image_catalog import ImageCatalog
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
 
 logger = logging.getLogger("imagegen.ingress")
@@ -48,11 +49,18 @@ class Ingress:
         self.default_model = self.args.resolve_default()
         self.models = models
         self.encoder = encoder
-        signer = UrlSigner(signing_key, self.args.storage.url_ttl_s)
-        self.store = LocalImageStore(self.args.storage.local_dir, signer)
+        # The same store the encoder writes to (local folder or S3), from the same factory.
+        self.store = make_store(self.args.storage, signing_key)
+        self.catalog = ImageCatalog(self.store)
+        self.sweeper = start_expiry(self.store, self.args.storage)
         self.started = int(time.time())
         self._count_replicas = running_replicas or serve_running_replicas
         self._replica_counts: dict[str, tuple[float, int]] = {}
+
+    def __del__(self) -> None:
+        sweeper = getattr(self, "sweeper", None)
+        if sweeper is not None:
+            sweeper.stop()
 
     def __serve_build_asgi_app__(self) -> Starlette:
         from serve_app.routes import all_routes

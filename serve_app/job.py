@@ -52,14 +52,17 @@ class EncodeSpec:
     height: int
     output_format: OutputFormat
     compression: int | None
-    response_format: Literal["b64_json", "url"]
+    # "stored": write image i at store_keys[i] and report its key (imagine images).
+    response_format: Literal["b64_json", "url", "stored"]
     base_url: str | None = None
+    store_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class EncodedImage:
     b64_json: str | None = None
     url: str | None = None
+    key: str | None = None
     byte_size: int = 0
 
 

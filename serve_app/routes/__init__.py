@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute
 
-from serve_app.routes import files, openai_images, system
+from serve_app.routes import files, imagine, openai_images, system
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -17,5 +17,6 @@ def all_routes(ingress: Ingress) -> list[BaseRoute]:
     return [
         *openai_images.routes(ingress),
         *files.routes(ingress),
+        *imagine.routes(ingress),
         *system.routes(ingress),
     ]

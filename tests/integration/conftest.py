@@ -4,14 +4,19 @@ Ray runs in an isolated temp dir with ``address="local"`` (never joining another
 cluster on the machine) and is torn down with ``ray.shutdown()``, never ``ray stop``.
 Deployments take fractional CPUs so everything fits on 2 cores.
 
-Two apps share the one Ray instance: ``imagegen`` at ``/`` with fixed replica
-counts (most tests), and ``scaling`` at ``/scaling``, deployed only when a test
-asks for it, with autoscaling on short delays (autoscaling and scale-to-zero tests).
+Apps share the one Ray instance: ``imagegen`` at ``/`` with fixed replica counts
+and a local image folder (most tests); ``scaling`` at ``/scaling``, deployed only
+when a test asks for it, with autoscaling on short delays (autoscaling and
+scale-to-zero tests); and ``imagegen-s3`` at ``/s3``, also on demand, the same
+``build_app`` with ``storage.kind: s3`` pointed at the suite's moto_server (its
+replicas get the S3 credentials from the environment they inherit, as pods get
+them from a secret).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import socket
 import tempfile
@@ -24,9 +29,16 @@ import openai
 import pytest
 import yaml
 
+from serve_app.app import SIGNING_KEY_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "imagegen"
+S3_APP_NAME = "imagegen-s3"
+S3_ROUTE_PREFIX = "/s3"
+S3_URL_TTL_S = 45
 MODEL_DEPLOYMENT = "Model:tiny-sdxl"
+# Known to the tests so they can mint URLs (e.g. validly signed but expired ones).
+TEST_SIGNING_KEY = "integration-signing-key-0123456789"
 
 
 def free_port() -> int:
@@ -41,7 +53,7 @@ def serve_config_args() -> dict[str, Any]:
     return copy.deepcopy(doc["applications"][0]["args"])
 
 
-def app_args_for_tests(image_dir: str) -> dict[str, Any]:
+def app_args_for_tests(image_dir: str | None) -> dict[str, Any]:
     """serve_config.yaml's own args, resized for a 2-core test machine."""
     args = serve_config_args()
     first, *others = args["models"]
@@ -60,7 +72,22 @@ def app_args_for_tests(image_dir: str) -> dict[str, Any]:
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.25},
     }
-    args["storage"]["local_dir"] = image_dir
+    if image_dir is not None:
+        args["storage"]["local_dir"] = image_dir
+    return args
+
+
+def s3_app_args(endpoint: str, bucket: str) -> dict[str, Any]:
+    args = app_args_for_tests(None)
+    args["storage"] = {
+        "kind": "s3",
+        "bucket": bucket,
+        "prefix": "e2e/",
+        "endpoint_url": endpoint,
+        "region": "us-east-1",
+        "addressing_style": "path",
+        "url_ttl_s": S3_URL_TTL_S,
+    }
     return args
 
 
@@ -72,6 +99,7 @@ def ray_serve() -> Iterator[int]:
 
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
     ray.init(
         address="local",
         num_cpus=2,
@@ -121,6 +149,23 @@ def scaling_url(ray_serve: int, image_dir: str) -> Iterator[str]:
     )
     yield f"http://127.0.0.1:{ray_serve}{SCALING_PREFIX}"
     serve.delete(SCALING_APP)
+
+
+@pytest.fixture(scope="session")
+def s3_base_url(base_url: str, s3_endpoint: str, s3_bucket: str) -> str:
+    """The same app with the S3 backend, under ``/s3`` on the same Serve proxy."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    app = build_app(s3_app_args(s3_endpoint, s3_bucket))
+    serve.run(app, name=S3_APP_NAME, route_prefix=S3_ROUTE_PREFIX)
+    return base_url + S3_ROUTE_PREFIX
+
+
+@pytest.fixture(scope="session")
+def s3_client_sdk(s3_base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{s3_base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,25 @@
-"""Local image store and signed, expiring URLs."""
+"""The local store's own duties: signed, expiring URLs, the sweeper, and the filesystem."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from deployments.storage import FILES_ROUTE, LocalImageStore, UrlSigner
+from deployments.storage import (
+    FILES_ROUTE,
+    LocalImageStore,
+    Sweeper,
+    UrlSigner,
+    make_store,
+    output_key,
+    start_expiry,
+)
+from serve_app.config import StorageConfig
+from tests.unit.conftest import local_backend
 
 SECRET = "k" * 32
 
@@ -17,32 +29,22 @@ def store(tmp_path: Path) -> LocalImageStore:
     return LocalImageStore(tmp_path, UrlSigner(SECRET, ttl_s=60))
 
 
-def test_put_get_delete(store: LocalImageStore) -> None:
-    key = store.put(b"png-bytes", "png")
-    assert key.endswith(".png") and store.valid_key(key)
-    assert store.get(key) == b"png-bytes"
-    store.delete(key)
-    assert store.get(key) is None
+def test_factory_builds_the_local_default(tmp_path: Path) -> None:
+    store = make_store(StorageConfig(local_dir=str(tmp_path)), SECRET)
+    assert isinstance(store, LocalImageStore) and store.root == tmp_path.resolve()
 
 
-def test_keys_are_unguessable_and_distinct(store: LocalImageStore) -> None:
-    keys = {store.put(b"x", "webp") for _ in range(50)}
-    assert len(keys) == 50
-    assert all(len(k.split(".")[0]) >= 32 for k in keys)
-
-
-@pytest.mark.parametrize("key", ["../etc/passwd", "a/b.png", "short.png", "x" * 40 + ".exe", ""])
-def test_bad_keys_never_touch_the_filesystem(store: LocalImageStore, key: str) -> None:
-    assert not store.valid_key(key)
-    assert store.get(key) is None
-
-
-def test_url_carries_a_valid_signature(store: LocalImageStore) -> None:
-    key = store.put(b"x", "png")
-    url = urlparse(store.url_for(key, "http://host:8000/"))
+def test_url_points_at_the_files_route_with_a_valid_signature(store: LocalImageStore) -> None:
+    key = output_key("png")
+    url = urlsplit(store.presign(key, 60, "http://host:8000/"))
     assert url.path == f"{FILES_ROUTE}/{key}"
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
     assert store.signer.verify(key, query["expires"], query["signature"]) == ""
+
+
+def test_presign_needs_the_ingress_base_url(store: LocalImageStore) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        store.presign(output_key("png"), 60)
 
 
 def test_signature_rejects_tampering_and_expiry() -> None:
@@ -67,3 +69,72 @@ def test_signature_rejects_tampering_and_expiry() -> None:
 def test_short_signing_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="16"):
         UrlSigner("short", ttl_s=60)
+
+
+def test_expired_and_tampered_urls_are_refused_over_http(tmp_path: Path) -> None:
+    backend = local_backend(tmp_path)
+    secret, other = output_key("png"), output_key("png")
+    backend.store.put(secret, b"secret", "image/png")
+    backend.store.put(other, b"other", "image/png")
+    url = backend.store.presign(other, 60, "http://testserver")
+    assert backend.fetch(url).content == b"other"
+    swapped = backend.fetch(url.replace(other.split("/")[1], secret.split("/")[1]))
+    assert swapped.status_code == 403 and swapped.json()["error"]["code"] == "invalid_url"
+    expired = backend.store.presign(other, -1, "http://testserver")  # signed, but already past
+    response = backend.fetch(expired)
+    assert response.status_code == 403 and "expired" in response.json()["error"]["message"]
+
+
+def test_files_are_written_under_the_root_only(store: LocalImageStore, tmp_path: Path) -> None:
+    store.put("images/o/data/a.png", b"x", "image/png", {"image-id": "a"})
+    assert (tmp_path / "images/o/data/a.png").read_bytes() == b"x"
+    assert not list(tmp_path.glob("**/*.tmp"))  # staging files are renamed away
+    assert store.list("") == ["images/o/data/a.png"]  # the metadata sidecars are not objects
+
+
+def test_sweep_deletes_only_expired_outputs(store: LocalImageStore) -> None:
+    old, fresh = output_key("png"), output_key("webp")
+    store.put(old, b"old", "image/png")
+    store.put(fresh, b"new", "image/webp")
+    store.put("images/o/data/keep.png", b"kept", "image/png")
+    hour_ago = time.time() - 3600
+    os.utime(store.root / old, (hour_ago, hour_ago))
+    os.utime(store.root / "images/o/data/keep.png", (hour_ago, hour_ago))
+    assert store.sweep("outputs/", max_age_s=60) == 1
+    assert store.get(old) is None and store.head(old) is None
+    assert store.get(fresh) == b"new"
+    assert store.get("images/o/data/keep.png") == b"kept"  # imagine images never expire
+
+
+def test_sweeper_thread_runs_until_stopped(store: LocalImageStore) -> None:
+    key = output_key("png")
+    store.put(key, b"x", "image/png")
+    past = time.time() - 10
+    os.utime(store.root / key, (past, past))
+    sweeper = Sweeper(store, "outputs/", max_age_s=1, interval_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.get(key) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get(key) is None
+    finally:
+        sweeper.stop()
+    assert not sweeper._thread.is_alive()
+
+
+def test_start_expiry_sweeps_local_outputs_with_the_url_ttl(tmp_path: Path) -> None:
+    config = StorageConfig(local_dir=str(tmp_path), url_ttl_s=90, sweep_interval_s=3600)
+    store = make_store(config, SECRET)
+    sweeper = start_expiry(store, config)
+    try:
+        assert sweeper is not None and (sweeper.max_age_s, sweeper.prefix) == (90, "outputs/")
+    finally:
+        assert sweeper is not None
+        sweeper.stop()
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "outputs/../../x.png", "..", "a/.meta/x"])
+def test_traversal_never_reaches_the_filesystem(store: LocalImageStore, key: str) -> None:
+    assert store.get(key) is None
+    with pytest.raises(ValueError):
+        store.put(key, b"x", "image/png")

@@ -1,0 +1,140 @@
+"""The imagine images API dialect: wire models and translation onto the canonical job.
+
+``POST /v1/images/imagine`` generates exactly one image through the same path as
+OpenAI generations (the request is translated into an ``ImageGenerateRequest``, so
+every model limit is checked once, in one place) and keeps it as a named Image object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from serve_app import openai_images
+from serve_app.config import ModelConfig
+from serve_app.errors import from_validation_error, invalid
+from serve_app.image_catalog import ImageCatalog, ImageRecord, id_created_ms, iso_utc
+from serve_app.job import EncodeSpec, GenerationJob
+from serve_app.protocol import MAX_SEED, ImageGenerateRequest, ImageSize, LenientModel
+from serve_app.sizes import parse_size
+
+logger = logging.getLogger("imagegen.imagine")
+
+MAX_NAME_CHARS = 256
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
+
+
+class ImagineRequest(LenientModel):
+    """``POST /v1/images/imagine``; ``size`` and ``output_format`` are our extensions."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    prompt: str = Field(min_length=1)
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    model: str | None = None
+    size: ImageSize = "1024x1024"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class ImageObject(BaseModel):
+    """An Image object as the API returns it; ``url`` is set only while published."""
+
+    id: str
+    name: str
+    url: str | None
+    width: int
+    height: int
+    format: str
+    size: int = Field(description="Bytes.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+    seed: int | None = None
+
+
+class ImageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ImageObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+def parse_imagine(body: Any) -> ImagineRequest:
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    try:
+        return ImagineRequest.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def to_job_and_spec(
+    req: ImagineRequest, model: ModelConfig, request_id: str, data_key: str
+) -> tuple[GenerationJob, EncodeSpec]:
+    """One image, generated like an OpenAI request, stored by the encoder at ``data_key``."""
+    if req.unknown_fields():
+        logger.info("request %s: ignoring fields %s", request_id, req.unknown_fields())
+    generate = ImageGenerateRequest(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        seed=req.seed,
+        model=req.model,
+        size=req.size,
+        output_format=req.output_format,
+        n=1,
+    )
+    job = openai_images.to_job(generate, model, request_id)
+    spec = openai_images.to_encode_spec(generate, request_id, base_url=None)
+    return job, dataclasses.replace(spec, response_format="stored", store_keys=(data_key,))
+
+
+def new_record(
+    req: ImagineRequest, owner: str, model: ModelConfig, image_id: str, seed: int, size: int
+) -> ImageRecord:
+    width, height = parse_size(req.size)
+    return ImageRecord(
+        id=image_id,
+        owner=owner,
+        name=req.name,
+        width=width,
+        height=height,
+        format=req.output_format,
+        size=size,
+        created_at=iso_utc(id_created_ms(image_id)),
+        seed=seed,
+        model=model.id,
+    )
+
+
+def to_object(record: ImageRecord, public_url: str | None) -> ImageObject:
+    return ImageObject(
+        id=record.id,
+        name=record.name,
+        url=public_url,
+        width=record.width,
+        height=record.height,
+        format=record.format,
+        size=record.size,
+        created_at=record.created_at,
+        seed=record.seed,
+    )
+
+
+def parse_list_query(params: dict[str, str]) -> tuple[int, str | None, str | None]:
+    """``limit`` (1-100, default 20), ``after`` (an image id), ``name`` (exact match)."""
+    raw_limit = params.get("limit", str(DEFAULT_LIST_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        raise invalid(
+            f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {raw_limit!r}.",
+            param="limit",
+        )
+    after = params.get("after") or None
+    if after is not None and not ImageCatalog.valid_id(after):
+        raise invalid(f"after must be an image id, got {after!r}.", param="after")
+    name = params.get("name")
+    if name is not None and not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise invalid(f"name must be 1 to {MAX_NAME_CHARS} characters.", param="name")
+    return int(raw_limit), after, name
