@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def app_args(config: Path, model_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = yaml.safe_load(config.read_text())
     args = copy.deepcopy(doc["applications"][0]["args"])
+    # Only the first model is measured; the others would just take memory.
     model = args["models"][0]
+    args["models"] = [model]
+    args["default_model"] = model["id"]
     for key, value in (model_overrides or {}).items():
         model[key] = value
     batching = model.get("batching", {})
