@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from deployments.batching import GenerationGroup
+from deployments.deepcache import DeepCache
 from deployments.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 from serve_app.config import ModelConfig
+from serve_app.job import SchedulerSpec
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +106,9 @@ class DiffusersEngine:
             )
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
+        # The configured scheduler; a group may ask for another one (A1111 samplers).
+        self.base_scheduler = pipe.scheduler
+        self._schedulers: dict[SchedulerSpec, Any] = {}
         logger.info(
             "loaded %s from %s on %s (%s, %d torch threads)",
             config.id,
@@ -119,6 +125,21 @@ class DiffusersEngine:
         if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)
 
+    def scheduler_for(self, spec: SchedulerSpec | None) -> Any:
+        """The configured scheduler, or one built from its config with ``spec``'s class/options."""
+        if spec is None:
+            return self.base_scheduler
+        scheduler = self._schedulers.get(spec)
+        if scheduler is None:
+            import diffusers
+
+            scheduler_cls = getattr(diffusers, spec.class_name, None)
+            if scheduler_cls is None or not spec.class_name.endswith("Scheduler"):
+                raise ValueError(f"unknown scheduler class {spec.class_name!r}")
+            scheduler = scheduler_cls.from_config(self.base_scheduler.config, **spec.config())
+            self._schedulers[spec] = scheduler
+        return scheduler
+
     def generate(self, group: GenerationGroup, on_step: StepCallback | None = None) -> np.ndarray:
         import torch
 
@@ -126,29 +147,40 @@ class DiffusersEngine:
         # 1. One CPU generator per image: the same seed gives the same latents on any
         #    device and at any position in the batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in group.seeds]
-        callback = None
-        if on_step is not None:
+        deep_cache = (
+            DeepCache(self.pipe.unet, group.cache_interval) if group.cache_interval else None
+        )
 
-            def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
+        def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
+            if deep_cache is not None:
+                deep_cache.step_done(step)
+            if on_step is not None:
                 on_step(step, group.steps)
-                return kwargs
+            return kwargs
 
-        # 2. One pipeline call for the whole group.
-        with torch.inference_mode():
-            result = self.pipe(
-                prompt=group.prompts,
-                negative_prompt=group.negative_prompts,
-                width=group.width,
-                height=group.height,
-                num_inference_steps=group.steps,
-                guidance_scale=group.guidance,
-                generator=generators,
-                output_type="np",
-                callback_on_step_end=callback,
-            )
+        # 2. One pipeline call for the whole group, with its scheduler and DeepCache.
+        self.pipe.scheduler = self.scheduler_for(group.scheduler)
+        try:
+            with torch.inference_mode(), deep_cache or nullcontext():
+                result = self._call_pipeline(group, generators, callback)
+        finally:
+            self.pipe.scheduler = self.base_scheduler
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
         images = np.asarray(result.images)
         return (images * 255.0).round().clip(0, 255).astype(np.uint8)
+
+    def _call_pipeline(self, group: GenerationGroup, generators: list[Any], callback: Any) -> Any:
+        return self.pipe(
+            prompt=group.prompts,
+            negative_prompt=group.negative_prompts,
+            width=group.width,
+            height=group.height,
+            num_inference_steps=group.steps,
+            guidance_scale=group.guidance,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=callback,
+        )
 
 
 def diffusers_engine_factory(config: ModelConfig) -> Engine:
