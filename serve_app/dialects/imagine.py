@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from serve_app.config import ModelConfig
 from serve_app.dialects.common import (
@@ -59,10 +59,15 @@ class ImagineImageRequest(LenientModel):
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     stream: bool = False
 
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE_RE.match(value):
+            raise ValueError(f"size must look like '512x512', got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ImagineImageRequest:
-        if self.size is not None and not _SIZE_RE.match(self.size):
-            raise ValueError(f"size must look like '512x512', got {self.size!r}")
         last = (self.seed or 0) + (self.images - 1) * self.increment
         if self.seed is not None and last > MAX_SEED:
             raise ValueError(f"the last image's seed {last} exceeds the largest seed {MAX_SEED}")

@@ -39,7 +39,13 @@ _SAMPLER_LIST = [
     Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", aliases=("k_dpmpp_2m",)),
     Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", _SDE, aliases=("k_dpmpp_2m_sde",)),
     Sampler("DDIM", "DDIMScheduler", aliases=("ddim",), sigma_schedules=False),
-    Sampler("PLMS", "PNDMScheduler", aliases=("plms",), sigma_schedules=False),
+    Sampler(
+        "PLMS",
+        "PNDMScheduler",
+        {"skip_prk_steps": True},
+        aliases=("plms",),
+        sigma_schedules=False,
+    ),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
 ]
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _SAMPLER_LIST}
