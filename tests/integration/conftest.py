@@ -23,6 +23,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "imagegen"
 MODEL_DEPLOYMENT = "Model:tiny-sdxl"
+# The A1111 routes run with Basic auth on, read from a secret file as in production.
+A1111_USER, A1111_PASSWORD = "webui", "s3cret-pass"
 
 
 def free_port() -> int:
@@ -31,7 +33,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def app_args_for_tests(image_dir: str) -> dict[str, Any]:
+def app_args_for_tests(image_dir: str, auth_file: str | None = None) -> dict[str, Any]:
     """serve_config.yaml's own args, resized for a 2-core test machine."""
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = copy.deepcopy(doc["applications"][0]["args"])
@@ -48,6 +50,8 @@ def app_args_for_tests(image_dir: str) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": 0.25},
     }
     args["storage"]["local_dir"] = image_dir
+    if auth_file is not None:
+        args["a1111"] = {**args.get("a1111", {}), "auth_file": auth_file}
     return args
 
 
@@ -61,6 +65,9 @@ def base_url() -> Iterator[str]:
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     image_dir = tempfile.mkdtemp(prefix="imagegen-images-")
+    secret_dir = tempfile.mkdtemp(prefix="imagegen-secret-")
+    auth_file = Path(secret_dir) / "a1111-auth"
+    auth_file.write_text(f"{A1111_USER}:{A1111_PASSWORD}")
     ray.init(
         address="local",
         num_cpus=2,
@@ -72,12 +79,14 @@ def base_url() -> Iterator[str]:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args_for_tests(image_dir)), name=APP_NAME, route_prefix="/")
+        app = build_app(app_args_for_tests(image_dir, str(auth_file)))
+        serve.run(app, name=APP_NAME, route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         ray.shutdown()
         shutil.rmtree(ray_dir, ignore_errors=True)
         shutil.rmtree(image_dir, ignore_errors=True)
+        shutil.rmtree(secret_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
