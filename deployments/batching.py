@@ -1,9 +1,10 @@
 """Split a batch of jobs into pipeline calls: one call per shape.
 
-One diffusers call takes one width, height, step count and guidance value, so a
-batch is grouped by the job's shape key. Jobs with and without a negative prompt
-are kept apart too: SDXL treats "no negative prompt" as zero embeddings, and an
-empty-string stand-in would change those images depending on their batch mates.
+One diffusers call takes one width, height, step count, guidance value, scheduler
+and DeepCache interval, so a batch is grouped by the job's shape key. Jobs with
+and without a negative prompt are kept apart too: SDXL treats "no negative
+prompt" as zero embeddings, and an empty-string stand-in would change those
+images depending on their batch mates.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from serve_app.job import GenerationJob
+from serve_app.job import GenerationJob, SchedulerSpec
 
 
 @dataclass
@@ -24,6 +25,8 @@ class GenerationGroup:
     steps: int
     guidance: float
     mode: str
+    scheduler: SchedulerSpec | None = None
+    cache_interval: int | None = None
     prompts: list[str] = field(default_factory=list)
     negative_prompts: list[str] | None = None
     seeds: list[int] = field(default_factory=list)
@@ -59,6 +62,8 @@ def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
                 steps=job.steps,
                 guidance=job.guidance,
                 mode=job.mode,
+                scheduler=job.scheduler,
+                cache_interval=job.deep_cache_interval,
                 negative_prompts=[] if has_negative else None,
             )
             groups[key] = group

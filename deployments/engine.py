@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from deployments.batching import GenerationGroup
+from deployments.deepcache import DeepCache
 from deployments.previews import latents_to_rgb
 from deployments.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 from serve_app.config import ModelConfig
+from serve_app.job import SchedulerSpec
 
 if TYPE_CHECKING:
     import torch
@@ -132,6 +135,9 @@ class DiffusersEngine:
             )
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
+        # The configured scheduler; a group may ask for another one (A1111 samplers).
+        self.base_scheduler = pipe.scheduler
+        self._schedulers: dict[SchedulerSpec, Any] = {}
         logger.info(
             "loaded %s from %s on %s (%s, %d torch threads)",
             config.id,
@@ -148,6 +154,21 @@ class DiffusersEngine:
         if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
             torch.set_num_threads(self.torch_threads)
 
+    def scheduler_for(self, spec: SchedulerSpec | None) -> Any:
+        """The configured scheduler, or one built from its config with ``spec``'s class/options."""
+        if spec is None:
+            return self.base_scheduler
+        scheduler = self._schedulers.get(spec)
+        if scheduler is None:
+            import diffusers
+
+            scheduler_cls = getattr(diffusers, spec.class_name, None)
+            if scheduler_cls is None or not spec.class_name.endswith("Scheduler"):
+                raise ValueError(f"unknown scheduler class {spec.class_name!r}")
+            scheduler = scheduler_cls.from_config(self.base_scheduler.config, **spec.config())
+            self._schedulers[spec] = scheduler
+        return scheduler
+
     def generate(self, group: GenerationGroup, observer: StepObserver | None = None) -> GroupOutput:
         import torch
 
@@ -156,26 +177,35 @@ class DiffusersEngine:
         #    device and at any position in the batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in group.seeds]
         rows = list(range(group.size))
-        callback = None
-        if observer is not None:
-            callback = _StepCallback(self.pipe, observer, group.steps, rows, generators)
-        # 2. One pipeline call for the whole group.
+        deep_cache = (
+            DeepCache(self.pipe.unet, group.cache_interval) if group.cache_interval else None
+        )
+        step_callback = (
+            _StepCallback(self.pipe, observer, group.steps, rows, generators)
+            if observer is not None
+            else None
+        )
+
+        def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+            if deep_cache is not None:
+                deep_cache.step_done(step)
+            if step_callback is None:
+                return tensors
+            before = len(rows)
+            tensors = step_callback(pipe, step, timestep, tensors)
+            if deep_cache is not None and len(rows) != before:
+                deep_cache.invalidate()  # cached features have the old batch size
+            return tensors
+
+        # 2. One pipeline call for the whole group, with its scheduler and DeepCache.
+        self.pipe.scheduler = self.scheduler_for(group.scheduler)
         try:
-            with torch.inference_mode():
-                result = self.pipe(
-                    prompt=group.prompts,
-                    negative_prompt=group.negative_prompts,
-                    width=group.width,
-                    height=group.height,
-                    num_inference_steps=group.steps,
-                    guidance_scale=group.guidance,
-                    generator=generators,
-                    output_type="np",
-                    callback_on_step_end=callback,
-                    callback_on_step_end_tensor_inputs=list(_SLICED_INPUTS),
-                )
+            with torch.inference_mode(), deep_cache or nullcontext():
+                result = self._call_pipeline(group, generators, callback)
         except _AllRowsDropped:
             return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])
+        finally:
+            self.pipe.scheduler = self.base_scheduler
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
         #    Non-finite pixels (a float16 overflow, say) fail their request.
         images = np.asarray(result.images)
@@ -184,6 +214,20 @@ class DiffusersEngine:
         images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
         pixels = (images * 255.0).round().clip(0, 255).astype(np.uint8)
         return GroupOutput(pixels, rows, invalid)
+
+    def _call_pipeline(self, group: GenerationGroup, generators: list[Any], callback: Any) -> Any:
+        return self.pipe(
+            prompt=group.prompts,
+            negative_prompt=group.negative_prompts,
+            width=group.width,
+            height=group.height,
+            num_inference_steps=group.steps,
+            guidance_scale=group.guidance,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=list(_SLICED_INPUTS),
+        )
 
 
 # Per-step inputs the SDXL loop reads back from the callback, sliced on drops.

@@ -117,6 +117,12 @@ class ModelConfig(StrictModel):
         default=1.0, gt=0.0, le=1.0, description="Generate buckets scaled by this factor."
     )
     size_multiple: int = Field(default=8, ge=1, description="Generated sides snap to this.")
+    max_pixels: int = Field(
+        default=2_097_152,
+        ge=64 * 64,
+        description="Cap on width*height for free sizes (Together, A1111): 2 MP by default.",
+    )
+    max_side: int = Field(default=2048, ge=64, description="Cap on either side of a free size.")
     warmup: bool = True
     cold_start_retry_after_s: int = Field(
         default=10,
@@ -152,6 +158,22 @@ class ModelConfig(StrictModel):
     def generation_size(self, size: str) -> tuple[int, int]:
         """The (width, height) the pipeline runs at for an OpenAI ``size``."""
         return scaled_bucket(self.buckets[size], self.generation_scale, self.size_multiple)
+
+    def free_generation_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the pipeline runs at for a free size: snapped down to
+        ``size_multiple`` (8) after ``generation_scale``. Check :meth:`free_size_error` first."""
+        return scaled_bucket((width, height), self.generation_scale, self.size_multiple)
+
+    def free_size_error(self, width: int, height: int) -> str | None:
+        """Why a free ``width`` x ``height`` is out of this model's range, or None."""
+        if width > self.max_side or height > self.max_side:
+            return f"{width}x{height} has a side over this model's limit of {self.max_side} px"
+        if width * height > self.max_pixels:
+            return (
+                f"{width}x{height} is {width * height} pixels; this model's cap is "
+                f"{self.max_pixels} pixels"
+            )
+        return None
 
     def deployment_name(self) -> str:
         return "Model:" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.id)
@@ -268,6 +290,25 @@ class EncoderConfig(StrictModel):
     )
 
 
+class A1111Config(StrictModel):
+    """The AUTOMATIC1111 routes (``/sdapi/v1/...``): auth and per-client options."""
+
+    enabled: bool = True
+    auth_env: str | None = Field(
+        default="IMAGEGEN_A1111_AUTH",
+        description="Environment variable holding 'user:password[,user:password...]' "
+        "(A1111's --api-auth format). Unset or empty: no auth.",
+    )
+    auth_file: str | None = Field(
+        default=None, description="A file holding the same, e.g. a mounted secret."
+    )
+    options_dir: str | None = Field(
+        default=None,
+        description="Where per-client options (sd_model_checkpoint) are kept, shared by "
+        "every ingress replica on the node. Default: $IMAGEGEN_CACHE/a1111-options.",
+    )
+
+
 class ImageServingArgs(StrictModel):
     """The whole application: models, encoder, ingress, storage."""
 
@@ -278,6 +319,7 @@ class ImageServingArgs(StrictModel):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    a1111: A1111Config = Field(default_factory=A1111Config)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ImageServingArgs:

@@ -19,6 +19,7 @@ logger = logging.getLogger("imagegen.errors")
 
 ErrorKind = Literal[
     "invalid_request",
+    "unprocessable",
     "authentication",
     "permission_denied",
     "not_found",
@@ -41,6 +42,8 @@ ErrorKind = Literal[
 # Requests within the queue limit always wait, also through a cold start.
 ERROR_TABLE: dict[ErrorKind, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
+    # A body that does not fit the schema, where the dialect says 422 (A1111/FastAPI).
+    "unprocessable": (422, "invalid_request_error"),
     "authentication": (401, "authentication_error"),
     "permission_denied": (403, "permission_error"),
     "not_found": (404, "invalid_request_error"),
@@ -85,6 +88,16 @@ class APIError(Exception):
             message=self.message, type=ERROR_TABLE[self.kind][1], param=self.param, code=self.code
         )
         return ErrorResponse(error=info).model_dump()
+
+    def a1111_body(self) -> dict[str, Any]:
+        """AUTOMATIC1111's error shape (``modules/api/api.py: handle_exception``)."""
+        name = "RequestValidationError" if self.kind == "unprocessable" else "HTTPException"
+        return {
+            "error": name,
+            "detail": self.message,
+            "body": "",
+            "errors": f"{self.status}: {self.message}",
+        }
 
 
 def _rebuild(

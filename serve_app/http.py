@@ -7,7 +7,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,6 +29,10 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
+A1111_PREFIX = "/sdapi/"
+ErrorShape = Literal["openai", "a1111"]
+
+
 DEFAULT_OWNER = "default"
 OWNER_SCOPE_KEY = "imagegen.owner"
 
@@ -43,19 +47,23 @@ def owner_of(request: Request) -> str:
     return request.scope.get(OWNER_SCOPE_KEY, DEFAULT_OWNER)
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: APIError, shape: ErrorShape = "openai") -> JSONResponse:
+    body = err.a1111_body() if shape == "a1111" else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
-def api_endpoint(fn: Endpoint) -> Endpoint:
-    """Wrap a route so every failure leaves as an OpenAI-style error, never a traceback."""
+def api_endpoint(fn: Endpoint, shape: ErrorShape = "openai") -> Endpoint:
+    """Wrap a route so every failure leaves as a classified error, never a traceback.
+
+    ``shape`` picks the error body: OpenAI's (also Together's and imagine's) or A1111's.
+    """
 
     @functools.wraps(fn)
     async def wrapper(request: Request) -> Response:
         try:
             return await fn(request)
         except Exception as exc:  # noqa: BLE001 - classified, logged, and answered
-            return error_response(from_exception(exc, request_id_of(request)))
+            return error_response(from_exception(exc, request_id_of(request)), shape)
 
     return wrapper
 
@@ -113,4 +121,4 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         )
     else:
         err = APIError("invalid_request", str(exc.detail))
-    return error_response(err)
+    return error_response(err, "a1111" if request.url.path.startswith(A1111_PREFIX) else "openai")

@@ -18,6 +18,21 @@ RANDOM_SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
+class SchedulerSpec:
+    """A diffusers scheduler to swap in for one call: class name plus config overrides.
+
+    Built from a config, never imported here: the ingress stays free of diffusers.
+    ``options`` is a sorted tuple of ``(key, value)`` pairs so the spec is hashable.
+    """
+
+    class_name: str
+    options: tuple[tuple[str, bool | int | float | str], ...] = ()
+
+    def config(self) -> dict[str, bool | int | float | str]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
 class GenerationJob:
     """What the model deployment needs to produce ``len(seeds)`` images."""
 
@@ -30,6 +45,10 @@ class GenerationJob:
     steps: int
     guidance: float
     mode: Mode = "txt2img"
+    # None: the model's configured scheduler.
+    scheduler: SchedulerSpec | None = None
+    # DeepCache: recompute the UNet's deep features every N steps (None or 1: every step).
+    cache_interval: int | None = None
     # Previews to stream while denoising (0-3); only set for stream=true requests.
     partial_images: int = 0
 
@@ -38,9 +57,22 @@ class GenerationJob:
         return len(self.seeds)
 
     @property
-    def shape_key(self) -> tuple[int, int, int, float, str]:
-        """Jobs with equal keys can share one pipeline call."""
-        return (self.gen_width, self.gen_height, self.steps, self.guidance, self.mode)
+    def deep_cache_interval(self) -> int | None:
+        """The interval that changes the call: an interval of 1 reuses nothing, like None."""
+        return None if self.cache_interval in (None, 1) else self.cache_interval
+
+    @property
+    def shape_key(self) -> tuple[object, ...]:
+        """Jobs with equal keys can share one pipeline call: everything here changes the call."""
+        return (
+            self.gen_width,
+            self.gen_height,
+            self.steps,
+            self.guidance,
+            self.mode,
+            self.scheduler,
+            self.deep_cache_interval,
+        )
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ S3_URL_TTL_S = 45
 MODEL_DEPLOYMENT = "Model:tiny-sdxl"
 # Known to the tests so they can mint URLs (e.g. validly signed but expired ones).
 TEST_SIGNING_KEY = "integration-signing-key-0123456789"
+# The A1111 routes run with Basic auth on, read from a secret file as in production.
+A1111_USER, A1111_PASSWORD = "webui", "s3cret-pass"
 
 
 def free_port() -> int:
@@ -53,7 +55,7 @@ def serve_config_args() -> dict[str, Any]:
     return copy.deepcopy(doc["applications"][0]["args"])
 
 
-def app_args_for_tests(image_dir: str | None) -> dict[str, Any]:
+def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> dict[str, Any]:
     """serve_config.yaml's own args, resized for a 2-core test machine."""
     args = serve_config_args()
     first, *others = args["models"]
@@ -74,6 +76,8 @@ def app_args_for_tests(image_dir: str | None) -> dict[str, Any]:
     }
     if image_dir is not None:
         args["storage"]["local_dir"] = image_dir
+    if auth_file is not None:
+        args["a1111"] = {**args.get("a1111", {}), "auth_file": auth_file}
     return args
 
 
@@ -125,12 +129,23 @@ def image_dir() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def base_url(ray_serve: int, image_dir: str) -> str:
+def a1111_auth_file() -> Iterator[str]:
+    """A1111 Basic-auth credentials in a file, as a mounted secret would hold them."""
+    secret_dir = tempfile.mkdtemp(prefix="imagegen-secret-")
+    auth_file = Path(secret_dir) / "a1111-auth"
+    auth_file.write_text(f"{A1111_USER}:{A1111_PASSWORD}")
+    yield str(auth_file)
+    shutil.rmtree(secret_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_serve: int, image_dir: str, a1111_auth_file: str) -> str:
     from ray import serve
 
     from serve_app.app import build_app
 
-    serve.run(build_app(app_args_for_tests(image_dir)), name=APP_NAME, route_prefix="/")
+    app = build_app(app_args_for_tests(image_dir, a1111_auth_file))
+    serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{ray_serve}"
 
 

@@ -178,3 +178,13 @@ def test_non_finite_pixels_are_flagged_per_image(engine: DiffusersEngine) -> Non
         engine.pipe = real
     assert output.invalid_rows == [1] and output.rows == [0, 1, 2]
     assert output.images.dtype == np.uint8
+
+
+def test_rows_can_leave_a_deepcache_call(engine: DiffusersEngine) -> None:
+    """Cached deep features hold the old batch; a drop must invalidate them, not crash."""
+    [group] = group_jobs(
+        [GenerationJob("r", "a cat", None, (1, 2, 3), 64, 64, 6, 5.0, cache_interval=2)]
+    )
+    recorder = Recorder(drop_at=3, drop=frozenset({0}))
+    output = engine.generate(group, recorder)
+    assert output.rows == [1, 2] and output.images.shape == (2, 64, 64, 3)

@@ -1,0 +1,110 @@
+"""What every dialect shares: validation into a model, limits, free sizes, the dialect record.
+
+A dialect only translates: a request body into the canonical :class:`GenerationJob`
+and :class:`EncodeSpec`, and the encoded images back into its response shape.
+Batching, generation and encoding are the same code for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from serve_app.config import ModelConfig
+from serve_app.errors import APIError, ErrorKind, from_validation_error, invalid
+from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
+
+logger = logging.getLogger("imagegen.dialects")
+
+DialectName = Literal["openai", "together", "imagine"]
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One request/response shape on ``POST /v1/images/generations``.
+
+    Attributes:
+        name: what ``X-Imagegen-Dialect`` names and the response header reports.
+        parse: JSON body -> validated request model (raises a 400 ``APIError``).
+        model_name: the request's model id or alias (``None``: the default model).
+        to_job: request, model, request id -> the canonical job.
+        to_encode_spec: request, model, request id, base URL -> how to encode.
+        build_response: request, model, job, encoded images -> the JSON body.
+        wants_stream: whether the request asked for server-sent events instead.
+    """
+
+    name: DialectName
+    parse: Callable[[Any], Any]
+    model_name: Callable[[Any], str | None]
+    to_job: Callable[[Any, ModelConfig, str], GenerationJob]
+    to_encode_spec: Callable[[Any, ModelConfig, str, str | None], EncodeSpec]
+    build_response: Callable[
+        [Any, ModelConfig, GenerationJob, Sequence[EncodedImage]], dict[str, Any]
+    ]
+    wants_stream: Callable[[Any], bool] = lambda req: False
+
+
+def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request") -> RequestT:
+    """Validate a JSON body into ``cls``; every failure names the parameter."""
+    if not isinstance(body, dict):
+        raise APIError(kind, "The request body must be a JSON object.")
+    try:
+        return cls.model_validate(body)
+    except ValidationError as exc:
+        err = from_validation_error(exc)
+        raise APIError(kind, err.message, param=err.param, code=err.code) from None
+
+
+def check_limits(
+    model: ModelConfig, *, n: int, prompt: str, steps: int, steps_param: str, n_param: str = "n"
+) -> None:
+    """Limits every dialect shares; they depend on the chosen model."""
+    if n > model.max_images_per_request:
+        raise invalid(
+            f"{n_param}={n} exceeds this model's limit of {model.max_images_per_request} images.",
+            param=n_param,
+        )
+    if len(prompt) > model.max_prompt_chars:
+        raise invalid(
+            f"prompt is {len(prompt)} characters; the limit is {model.max_prompt_chars}.",
+            param="prompt",
+        )
+    if steps > model.max_steps:
+        raise invalid(
+            f"{steps_param}={steps} exceeds this model's limit of {model.max_steps}.",
+            param=steps_param,
+        )
+
+
+def free_size(
+    model: ModelConfig, width: int, height: int, params: tuple[str, str] = ("width", "height")
+) -> tuple[int, int]:
+    """Check a free ``width`` x ``height`` against the model; return the generation size.
+
+    ``params`` names the two fields in the dialect (``("size", "size")`` for imagine).
+    """
+    reason = model.free_size_error(width, height)
+    if reason:
+        param = params[1] if height > model.max_side >= width else params[0]
+        raise invalid(f"Invalid {param}: {reason}.", param=param, code="invalid_size")
+    return model.free_generation_size(width, height)
+
+
+def default_steps(model: ModelConfig, dialect_default: int) -> int:
+    """A dialect's documented default step count, unless the model cannot run that many
+    (a 4-step distilled model with ``max_steps: 8``): then the model's own default."""
+    return dialect_default if dialect_default <= model.max_steps else model.default_steps
+
+
+def log_ignored(request_id: str, dialect: str, fields: Sequence[str]) -> None:
+    if fields:
+        logger.info("request %s (%s): ignoring fields %s", request_id, dialect, list(fields))
+
+
+def unsupported(param: str, message: str) -> APIError:
+    return invalid(message, param=param, code="unsupported_parameter")

@@ -1,0 +1,170 @@
+"""The Together AI images dialect on ``POST /v1/images/generations``.
+
+What the ``together`` SDK's ``images.generate`` sends (``width``/``height``, ``steps``,
+``guidance`` or ``guidance_scale``, ``response_format`` ``base64``/``url``, ...) ->
+the canonical job; the images -> ``{id, model, object: "list", data: [{index,
+b64_json | url, type}]}``, which the SDK parses into ``ImageFile``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from serve_app.config import ModelConfig
+from serve_app.dialects.common import (
+    Dialect,
+    check_limits,
+    default_steps,
+    free_size,
+    log_ignored,
+    unsupported,
+    validate,
+)
+from serve_app.errors import APIError
+from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from serve_app.protocol import MAX_SEED, LenientModel
+
+TOGETHER_DEFAULT_STEPS = 20
+# Fields only Together sends: any of them marks a request as Together's (see detect.py).
+TOGETHER_ONLY_FIELDS = frozenset(
+    {
+        "steps",
+        "width",
+        "height",
+        "guidance",
+        "image_url",
+        "image_loras",
+        "reference_images",
+        "disable_safety_checker",
+    }
+)
+# Accepted and ignored: this server runs no safety checker.
+IGNORED_FIELDS = ("disable_safety_checker",)
+
+
+class TogetherImageRequest(LenientModel):
+    """Together's ``ImageGenerateParams``."""
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    steps: int | None = Field(default=None, ge=1, description="Default 20.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    n: int = Field(default=1, ge=1, le=10)
+    width: int = Field(default=1024, ge=64)
+    height: int = Field(default=1024, ge=64)
+    negative_prompt: str | None = None
+    guidance: float | None = Field(default=None, ge=0.0, le=50.0)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    output_format: Literal["jpeg", "png"] = "jpeg"
+    response_format: Literal["base64", "b64_json", "url"] = "base64"
+    image_url: str | None = None
+    image_loras: list[dict[str, Any]] | None = None
+    reference_images: list[str] | None = None
+    disable_safety_checker: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_guidance(self) -> TogetherImageRequest:
+        both = self.guidance is not None and self.guidance_scale is not None
+        if both and self.guidance != self.guidance_scale:
+            raise ValueError(
+                f"guidance ({self.guidance}) and guidance_scale ({self.guidance_scale}) "
+                "are two spellings of one parameter; send one, or the same value"
+            )
+        if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
+            raise ValueError(f"seed {self.seed} + n - 1 exceeds the largest seed {MAX_SEED}")
+        return self
+
+    @property
+    def guidance_value(self) -> float | None:
+        return self.guidance if self.guidance is not None else self.guidance_scale
+
+
+def parse(body: Any) -> TogetherImageRequest:
+    return validate(TogetherImageRequest, body)
+
+
+def _check_unsupported(req: TogetherImageRequest) -> None:
+    if req.image_url is not None:
+        raise unsupported(
+            "image_url",
+            "image_url (image-to-image) is not available yet on this server; "
+            "send a text-to-image request without image_url.",
+        )
+    if req.reference_images:
+        raise unsupported(
+            "reference_images",
+            "reference_images are not supported by this server's models; "
+            "send the request without them.",
+        )
+    if req.image_loras:
+        raise unsupported(
+            "image_loras",
+            "image_loras are not supported: this server has no LoRAs configured for its "
+            "models. Send the request without image_loras.",
+        )
+
+
+def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
+    _check_unsupported(req)
+    steps = req.steps if req.steps is not None else default_steps(model, TOGETHER_DEFAULT_STEPS)
+    check_limits(model, n=req.n, prompt=req.prompt, steps=steps, steps_param="steps")
+    gen_w, gen_h = free_size(model, req.width, req.height)
+    ignored = [f for f in IGNORED_FIELDS if getattr(req, f) is not None]
+    log_ignored(request_id, "together", ignored + req.unknown_fields())
+    guidance = req.guidance_value
+    return GenerationJob(
+        request_id=request_id,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        seeds=assign_seeds(req.n, req.seed),
+        gen_width=gen_w,
+        gen_height=gen_h,
+        steps=steps,
+        guidance=float(model.default_guidance if guidance is None else guidance),
+    )
+
+
+def to_encode_spec(
+    req: TogetherImageRequest, model: ModelConfig, request_id: str, base_url: str | None
+) -> EncodeSpec:
+    return EncodeSpec(
+        request_id=request_id,
+        width=req.width,
+        height=req.height,
+        output_format=req.output_format,
+        compression=None,
+        response_format="url" if req.response_format == "url" else "b64_json",
+        base_url=base_url,
+    )
+
+
+def build_response(
+    req: TogetherImageRequest,
+    model: ModelConfig,
+    job: GenerationJob,
+    images: Sequence[EncodedImage],
+) -> dict[str, Any]:
+    if len(images) != job.n:
+        raise APIError("internal", "image count mismatch between model and encoder")
+    data: list[dict[str, Any]] = []
+    for index, (image, seed) in enumerate(zip(images, job.seeds, strict=True)):
+        if image.url is not None:
+            data.append({"index": index, "type": "url", "url": image.url, "seed": seed})
+        else:
+            data.append(
+                {"index": index, "type": "b64_json", "b64_json": image.b64_json, "seed": seed}
+            )
+    return {"id": job.request_id, "model": req.model or model.id, "object": "list", "data": data}
+
+
+DIALECT = Dialect(
+    name="together",
+    parse=parse,
+    model_name=lambda req: req.model,
+    to_job=to_job,
+    to_encode_spec=to_encode_spec,
+    build_response=build_response,
+)

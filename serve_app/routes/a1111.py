@@ -1,0 +1,122 @@
+"""AUTOMATIC1111 routes under ``/sdapi/v1``: models, per-client options, txt2img.
+
+Every route checks Basic auth when it is configured and answers errors in
+A1111's shape ``{error, detail, body, errors}``. Generation goes through the same
+``Ingress.generate_images`` as every other dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serve_app.a1111_access import BasicAuth, ClientOptions, client_key, load_credentials
+from serve_app.config import ModelConfig
+from serve_app.dialects import a1111
+from serve_app.dialects.samplers import sampler_items, scheduler_items
+from serve_app.errors import APIError
+from serve_app.http import api_endpoint, read_json, request_id_of
+
+if TYPE_CHECKING:
+    from serve_app.ingress import Ingress
+
+logger = logging.getLogger("imagegen.a1111")
+PREFIX = "/sdapi/v1"
+
+
+def routes(ingress: Ingress) -> list[BaseRoute]:
+    config = ingress.args.a1111
+    if not config.enabled:
+        return []
+    auth = BasicAuth(load_credentials(config))
+    options = ClientOptions(config.options_dir)
+    logger.info("A1111 routes on %s (basic auth %s)", PREFIX, "on" if auth.enabled else "off")
+
+    def client_of(request: Request) -> str:
+        return client_key(request, auth.user(request))
+
+    def resolve_checkpoint(value: Any) -> ModelConfig:
+        if not isinstance(value, str) or not value.strip():
+            raise APIError(
+                "unprocessable",
+                "sd_model_checkpoint must be a non-empty string.",
+                param="sd_model_checkpoint",
+            )
+        return ingress.resolve_model(a1111.checkpoint_name(value))
+
+    def saved_model(client: str) -> ModelConfig | None:
+        model_id = options.get(client).get(a1111.CHECKPOINT_OPTION)
+        if model_id in ingress.configs:
+            return ingress.configs[model_id]
+        if model_id is not None:
+            logger.warning("a saved sd_model_checkpoint is no longer configured; using default")
+        return None
+
+    def current_model(client: str) -> ModelConfig:
+        return saved_model(client) or ingress.resolve_model(None)
+
+    async def sd_models(request: Request) -> Response:
+        client_of(request)
+        return JSONResponse([a1111.sd_model_item(m) for m in ingress.args.models])
+
+    async def get_options(request: Request) -> Response:
+        model = current_model(client_of(request))
+        return JSONResponse(
+            {
+                a1111.CHECKPOINT_OPTION: a1111.model_title(model),
+                "sd_checkpoint_hash": a1111.model_sha256(model),
+                "samples_format": "png",
+            }
+        )
+
+    async def set_options(request: Request) -> Response:
+        client = client_of(request)
+        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        if not isinstance(body, dict):
+            raise APIError("unprocessable", "The request body must be a JSON object.")
+        if a1111.CHECKPOINT_OPTION in body:
+            model = resolve_checkpoint(body[a1111.CHECKPOINT_OPTION])
+            options.update(client, {a1111.CHECKPOINT_OPTION: model.id})
+        ignored = sorted(set(body) - {a1111.CHECKPOINT_OPTION})
+        if ignored:
+            logger.info(
+                "A1111 options: ignoring %s (only sd_model_checkpoint is settable)", ignored
+            )
+        return JSONResponse(None)
+
+    async def txt2img(request: Request) -> Response:
+        request_id = request_id_of(request)
+        client = client_of(request)
+        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        req = a1111.parse(body)
+        override = a1111.checkpoint_override(req)
+        model = resolve_checkpoint(override) if override else current_model(client)
+        job = a1111.to_job(req, model, request_id)
+        images = await ingress.generate_images(model, job, a1111.to_encode_spec(req, request_id))
+        payload = a1111.build_response(req, model, job, images)
+        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        return JSONResponse(payload, headers=headers)
+
+    async def samplers(request: Request) -> Response:
+        client_of(request)
+        return JSONResponse(sampler_items())
+
+    async def schedulers(request: Request) -> Response:
+        client_of(request)
+        return JSONResponse(scheduler_items())
+
+    def route(path: str, endpoint: Any, method: str) -> Route:
+        return Route(PREFIX + path, api_endpoint(endpoint, "a1111"), methods=[method])
+
+    return [
+        route("/sd-models", sd_models, "GET"),
+        route("/options", get_options, "GET"),
+        route("/options", set_options, "POST"),
+        route("/txt2img", txt2img, "POST"),
+        route("/samplers", samplers, "GET"),
+        route("/schedulers", schedulers, "GET"),
+    ]
