@@ -8,11 +8,13 @@ to the configured image store (local folder or S3); the ingress reads from it.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import numpy as np
 
 from deployments.codec import CONTENT_TYPES, encode_image
+from deployments.metrics import EncoderMetrics
 from deployments.storage import make_store, output_key
 from serve_app.config import StorageConfig
 from serve_app.job import EncodedImage, EncodeSpec
@@ -24,9 +26,17 @@ class Encoder:
     def __init__(self, storage: StorageConfig | dict[str, Any], signing_key: str) -> None:
         self.config = StorageConfig.model_validate(storage)
         self.store = make_store(self.config, signing_key)
+        self.metrics = EncoderMetrics()
 
     def encode(self, pixels: np.ndarray, spec: EncodeSpec) -> list[EncodedImage]:
         """Encode every image of one job, in order."""
+        started = time.perf_counter()
+        results = self._encode(pixels, spec)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.metrics.encode_ms.observe(elapsed_ms, tags={"format": spec.output_format})
+        return results
+
+    def _encode(self, pixels: np.ndarray, spec: EncodeSpec) -> list[EncodedImage]:
         if spec.response_format == "stored" and len(spec.store_keys) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(spec.store_keys)} store keys")
         results = []

@@ -33,6 +33,7 @@ from ray import serve
 
 from deployments.batching import count_images, group_jobs
 from deployments.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.metrics import ModelMetrics
 from deployments.stepping import Submission, run_groups
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.job import BatchStats, GenerationJob, ImageEvent
@@ -51,6 +52,7 @@ class ModelServer:
         self.config = ModelConfig.model_validate(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._stats = BatchStats()
+        self._metrics = ModelMetrics(self.config.id)
         self._gate_closed = False
         self._gate_open = asyncio.Event()
         self._running = False
@@ -187,6 +189,10 @@ class ModelServer:
             groups = group_jobs([sub.job for sub in subs])
             streaming = sum(sub.stream for sub in subs)
             self._stats.record(len(subs), count_images(subs), len(groups), streaming)
+            self._metrics.batch_images.observe(count_images(subs))
+            now = time.perf_counter()
+            for sub in subs:
+                self._metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[int, ImageEvent]] = asyncio.Queue()
 
@@ -194,7 +200,14 @@ class ModelServer:
                 loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
             work = loop.run_in_executor(
-                self._executor, run_groups, self._engine, subs, groups, emit, self._stats
+                self._executor,
+                run_groups,
+                self._engine,
+                subs,
+                groups,
+                emit,
+                self._stats,
+                self._metrics,
             )
             done: set[int] = set()
             while True:

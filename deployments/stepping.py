@@ -9,6 +9,7 @@ its final images. Events go back to the event loop through ``emit``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from deployments.batching import GenerationGroup
 from deployments.engine import Engine
+from deployments.metrics import ModelMetrics
 from serve_app.errors import APIError
 from serve_app.job import BatchStats, GenerationJob, ImageEvent, partial_steps
 
@@ -29,6 +31,7 @@ class Submission:
     job: GenerationJob
     stream: bool
     cancelled: bool = False
+    arrived: float = field(default_factory=time.perf_counter)
     # Preview indices already sent, so a retried call does not send them twice.
     sent_partials: set[int] = field(default_factory=set)
 
@@ -46,11 +49,13 @@ class GroupObserver:
         group: GenerationGroup,
         emit: Emit,
         stats: BatchStats,
+        metrics: ModelMetrics,
     ) -> None:
         self.subs = subs
         self.group = group
         self.emit = emit
         self.stats = stats
+        self.metrics = metrics
         # Request index -> {step number: partial index} for streamed requests.
         self.schedule: dict[int, dict[int, int]] = {}
         for index in sorted({owner[0] for owner in group.owners}):
@@ -85,6 +90,7 @@ class GroupObserver:
         if drop and step < total:
             self.stats.dropped_images += len(drop)
             self.stats.steps_saved += len(drop) * (total - step)
+            self.metrics.cancelled_images.inc(len(drop))
         return drop if step < total else set()
 
 
@@ -94,10 +100,11 @@ def run_groups(
     groups: Sequence[GenerationGroup],
     emit: Emit,
     stats: BatchStats,
+    metrics: ModelMetrics,
 ) -> None:
     """Run every group of a batch in order, emitting events as they happen."""
     for group in groups:
-        run_group(engine, subs, group, emit, stats, may_split=True)
+        run_group(engine, subs, group, emit, stats, metrics, may_split=True)
 
 
 def run_group(
@@ -106,6 +113,7 @@ def run_group(
     group: GenerationGroup,
     emit: Emit,
     stats: BatchStats,
+    metrics: ModelMetrics,
     may_split: bool,
 ) -> None:
     """One pipeline call; if it fails, each request in it is retried alone, once.
@@ -117,18 +125,24 @@ def run_group(
     if all(subs[index].cancelled for index in members):
         stats.dropped_images += group.size
         stats.steps_saved += group.size * group.steps
+        metrics.cancelled_images.inc(group.size)
         return
+    started = time.perf_counter()
     try:
-        output = engine.generate(group, GroupObserver(subs, group, emit, stats))
+        output = engine.generate(group, GroupObserver(subs, group, emit, stats, metrics))
     except Exception as exc:  # noqa: BLE001 - isolated per request below
         if may_split and len(members) > 1:
             stats.split_batches += 1
             for index in members:
-                run_group(engine, subs, subgroup(group, index), emit, stats, may_split=False)
+                run_group(
+                    engine, subs, subgroup(group, index), emit, stats, metrics, may_split=False
+                )
             return
         for index in members:
             fail(subs, index, exc, emit, stats)
         return
+    metrics.generation_ms.observe((time.perf_counter() - started) * 1000)
+    metrics.images.inc(len(output.rows))
     # Reassemble per request; a request missing images was cancelled mid-call.
     images: dict[int, dict[int, np.ndarray]] = {}
     invalid = {group.owners[row][0] for row in output.invalid_rows}

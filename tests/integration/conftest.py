@@ -82,7 +82,13 @@ def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> d
 
 
 def s3_app_args(endpoint: str, bucket: str) -> dict[str, Any]:
+    """The main app's args on the S3 store; small CPU reservations so it fits beside it."""
     args = app_args_for_tests(None)
+    args["models"] = args["models"][:1]
+    args["default_model"] = args["models"][0]["id"]
+    args["models"][0]["deployment"]["ray_actor_options"] = {"num_cpus": 0.1}
+    for part in ("encoder", "ingress"):
+        args[part]["deployment"]["ray_actor_options"] = {"num_cpus": 0.05}
     args["storage"] = {
         "kind": "s3",
         "bucket": bucket,

@@ -1,0 +1,76 @@
+"""Prometheus metrics through Ray Serve's metrics API, per model.
+
+Ray exports them on each node's metrics endpoint with the ``ray_`` prefix, and adds
+the ``deployment``, ``replica`` and ``application`` tags itself. Names and meaning:
+
+| metric | type | tags | meaning |
+|---|---|---|---|
+| ``ray_imagegen_images_generated_total`` | counter | model | images finished by the pipeline |
+| ``ray_imagegen_batch_images`` | histogram | model | images per batch (``@serve.batch``) |
+| ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start |
+| ``ray_imagegen_generation_ms`` | histogram | model | one pipeline call (one shape group) |
+| ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
+| ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
+
+Outside a Serve replica (unit tests) Ray's metric objects record nothing.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
+
+
+class ModelMetrics:
+    """The model deployment's metrics, tagged with its model id."""
+
+    def __init__(self, model_id: str) -> None:
+        tags = {"model": model_id}
+        self.images = Counter(
+            "imagegen_images_generated_total",
+            description="Images finished by the pipeline.",
+            tag_keys=("model",),
+        )
+        self.batch_images = Histogram(
+            "imagegen_batch_images",
+            description="Images per batch formed by @serve.batch.",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.queue_wait_ms = Histogram(
+            "imagegen_queue_wait_ms",
+            description="From a request reaching the replica to its batch starting, in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.generation_ms = Histogram(
+            "imagegen_generation_ms",
+            description="One pipeline call (one shape group of a batch), in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.cancelled_images = Counter(
+            "imagegen_cancelled_images_total",
+            description="Images of cancelled requests removed from a running pipeline call.",
+            tag_keys=("model",),
+        )
+        for metric in (
+            self.images,
+            self.batch_images,
+            self.queue_wait_ms,
+            self.generation_ms,
+            self.cancelled_images,
+        ):
+            metric.set_default_tags(tags)
+
+
+class EncoderMetrics:
+    def __init__(self) -> None:
+        self.encode_ms = Histogram(
+            "imagegen_encode_ms",
+            description="Encoding one request's images (resize, format, b64 or store), in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("format",),
+        )
