@@ -63,7 +63,8 @@ class ModelMetrics:
             self.generation_ms,
             self.cancelled_images,
         ):
-            metric.set_default_tags(tags)
+            # A fresh dict each time: Serve adds its own tags to the dict it is given.
+            metric.set_default_tags(dict(tags))
 
 
 class EncoderMetrics:

@@ -37,6 +37,8 @@ S3_APP_NAME = "imagegen-s3"
 S3_ROUTE_PREFIX = "/s3"
 S3_URL_TTL_S = 45
 MODEL_DEPLOYMENT = "Model:tiny-sdxl"
+# Ray's Prometheus endpoint for this session, set when Ray starts.
+RAY_PORTS: dict[str, int] = {}
 # Known to the tests so they can mint URLs (e.g. validly signed but expired ones).
 TEST_SIGNING_KEY = "integration-signing-key-0123456789"
 # The A1111 routes run with Basic auth on, read from a secret file as in production.
@@ -110,6 +112,7 @@ def ray_serve() -> Iterator[int]:
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
+    RAY_PORTS["metrics"] = free_port()
     ray.init(
         address="local",
         num_cpus=2,
@@ -117,6 +120,7 @@ def ray_serve() -> Iterator[int]:
         _temp_dir=ray_dir,
         # Replica logs stay in ray_dir/session_latest/logs; keep test output readable.
         log_to_driver=False,
+        _metrics_export_port=RAY_PORTS["metrics"],
     )
     try:
         port = free_port()
@@ -187,6 +191,12 @@ def s3_base_url(base_url: str, s3_endpoint: str, s3_bucket: str) -> str:
 @pytest.fixture(scope="session")
 def s3_client_sdk(s3_base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{s3_base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def metrics_port(ray_serve: int) -> int:
+    """Where Ray's metrics agent serves Prometheus text for this session."""
+    return RAY_PORTS["metrics"]
 
 
 @pytest.fixture(scope="session")
