@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -110,13 +110,15 @@ class ModelServer:
     async def generate_stream(self, job: GenerationJob) -> AsyncIterator[ImageEvent]:
         """Stream ``job.partial_images`` previews, then the finished images.
 
-        Pixels are put in the object store and yielded as references, so the ingress
-        forwards them to the encoder without receiving the bytes itself.
+        The pixels travel inline in each event, so on this path they pass through the
+        ingress on their way to the encoder. Yielding ``ray.put`` references instead
+        would avoid that copy, but references nested in a streamed item can lose their
+        reference count in transit (ray-project/ray#58080, fix pending in #58082): we
+        saw an intermittent failure in CI that way. Previews are latent-sized; only
+        the finals cost a copy.
         """
-        import ray
-
         async for event in self._submit(Submission(job, stream=True)):
-            yield replace(event, pixels=ray.put(event.pixels))
+            yield event
 
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images)."""

@@ -102,9 +102,8 @@ class EncodedImage:
 class ImageEvent:
     """One item of a generation stream: previews at a step, or the finished images.
 
-    ``pixels`` is a ``(n, H, W, C)`` uint8 array, or a Ray ``ObjectRef`` to one when it
-    is streamed through the ingress (so the ingress forwards a reference, not pixels).
-    Partial pixels are at latent resolution; the encoder resizes them like finals.
+    ``pixels`` is a ``(n, H, W, C)`` uint8 array (``None`` for errors). Partial pixels
+    are at latent resolution; the encoder resizes them like finals.
     """
 
     kind: Literal["partial", "final", "error"]

@@ -1,7 +1,8 @@
 """Server-sent events for ``stream=true``: previews, then one completed event per image.
 
 The model deployment streams events from inside its batch; each event's pixels
-arrive here as an object reference and go straight to the encoder. An error after
+come through here to the encoder (see ``ModelServer.generate_stream`` for why they
+are not object references). An error after
 the stream has started becomes an ``error`` event the openai SDK raises, and the
 stream ends. If the client goes away, the model request is cancelled.
 """

@@ -128,7 +128,8 @@ def ray_serve() -> Iterator[int]:
         yield port
     finally:
         ray.shutdown()
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        if not os.environ.get("IMAGEGEN_KEEP_RAY_LOGS"):
+            shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
