@@ -40,7 +40,7 @@ def crds() -> Path:
     except FileNotFoundError as exc:
         if os.environ.get(CRD_DIR_ENV) or os.environ.get("CI"):
             pytest.fail(f"{exc}. .ci/run sets {CRD_DIR_ENV}.", pytrace=False)
-        pytest.skip(f"{exc}. Set {CRD_DIR_ENV} to the KubeRay v1.7.0 CRD folder.")
+        pytest.skip(reason=f"{exc}. Set {CRD_DIR_ENV} to the KubeRay v1.7.0 CRD folder.")
 
 
 @pytest.fixture(scope="module")
