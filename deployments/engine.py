@@ -135,6 +135,7 @@ class DiffusersEngine:
             )
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
+        _apply_performance(self.pipe, config)
         # The configured scheduler; a group may ask for another one (A1111 samplers).
         self.base_scheduler = pipe.scheduler
         self._schedulers: dict[SchedulerSpec, Any] = {}
@@ -236,6 +237,22 @@ _SLICED_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 DROPPABLE_SCHEDULERS = frozenset(
     {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler"}
 )
+
+
+def _apply_performance(pipe: Any, config: ModelConfig) -> None:
+    """The model's ``performance`` switches (GPU-oriented; all off by default)."""
+    import torch
+
+    perf = config.performance
+    if perf.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if perf.vae_slicing:
+        pipe.vae.enable_slicing()
+    if perf.vae_tiling:
+        pipe.vae.enable_tiling()
+    if perf.compile_unet:
+        pipe.unet = torch.compile(pipe.unet, dynamic=True)
 
 
 class _AllRowsDropped(Exception):

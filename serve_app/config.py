@@ -77,6 +77,25 @@ class BatchingConfig(StrictModel):
     )
 
 
+class PerformanceConfig(StrictModel):
+    """Speed switches for real checkpoints on a GPU (each off by default).
+
+    Attention already uses PyTorch's scaled-dot-product kernels (diffusers' default
+    with torch >= 2), so there is no switch for it.
+    """
+
+    channels_last: bool = Field(
+        default=False, description="UNet and VAE in channels_last memory format."
+    )
+    compile_unet: bool = Field(
+        default=False,
+        description="torch.compile the UNet (dynamic shapes: batches vary). Startup pays "
+        "the compile; not combinable with cache_interval (DeepCache patches the UNet).",
+    )
+    vae_slicing: bool = Field(default=False, description="Decode a batch one image at a time.")
+    vae_tiling: bool = Field(default=False, description="Decode large images in tiles.")
+
+
 class SchedulerConfig(StrictModel):
     """Swap the checkpoint's scheduler, e.g. trailing Euler for SDXL-Lightning."""
 
@@ -102,6 +121,7 @@ class ModelConfig(StrictModel):
     )
     pipeline: Literal["StableDiffusionXLPipeline"] = "StableDiffusionXLPipeline"
     scheduler: SchedulerConfig | None = None
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(

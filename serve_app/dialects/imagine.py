@@ -107,6 +107,12 @@ def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> Gen
             "only the first step would run the full UNet.",
             param="cache_interval",
         )
+    if req.cache_interval not in (None, 1) and model.performance.compile_unet:
+        raise invalid(
+            f"Model '{model.id}' runs a compiled UNet, which cache_interval cannot patch; "
+            "send cache_interval=1 or omit it.",
+            param="cache_interval",
+        )
     width, height = req.width_height
     gen_w, gen_h = free_size(model, width, height, ("size", "size"))
     log_ignored(request_id, "imagine", req.unknown_fields())

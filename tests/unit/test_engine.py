@@ -188,3 +188,19 @@ def test_rows_can_leave_a_deepcache_call(engine: DiffusersEngine) -> None:
     recorder = Recorder(drop_at=3, drop=frozenset({0}))
     output = engine.generate(group, recorder)
     assert output.rows == [1, 2] and output.images.shape == (2, 64, 64, 3)
+
+
+def test_memory_layout_and_vae_switches_keep_the_image(engine: DiffusersEngine) -> None:
+    tuned = DiffusersEngine(
+        tiny_config(performance={"channels_last": True, "vae_slicing": True, "vae_tiling": True})
+    )
+    assert tuned.pipe.vae.use_slicing and tuned.pipe.vae.use_tiling
+    baseline, switched = run(engine, 5, 6)[1].astype(int), run(tuned, 5, 6)[1].astype(int)
+    assert np.abs(baseline - switched).max() <= 1
+
+
+def test_compiled_unet_generates_the_same_image(engine: DiffusersEngine) -> None:
+    compiled = DiffusersEngine(tiny_config(performance={"compile_unet": True}))
+    assert type(compiled.pipe.unet).__name__ == "OptimizedModule"
+    diff = np.abs(run(engine, 9).astype(int) - run(compiled, 9).astype(int))
+    assert diff.max() <= 2

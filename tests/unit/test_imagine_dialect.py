@@ -103,3 +103,13 @@ def test_response_parses_with_the_sdk_model_and_urls_are_host_relative() -> None
     assert body["data"][0]["url"] == "/v1/images/files/k0.png?expires=1&signature=s"
     parsed = ImageResponse(**body)
     assert [d.b64_json for d in parsed.data] == [None, None]
+
+
+def test_cache_interval_is_refused_on_a_compiled_unet() -> None:
+    compiled = MODEL.model_copy(update={"performance": {"compile_unet": True}})
+    compiled = ModelConfig.model_validate(compiled.model_dump())
+    req = imagine.parse(sdk_body(cache_interval=3))
+    with pytest.raises(APIError) as info:
+        imagine.to_job(req, compiled, "req-1")
+    assert info.value.param == "cache_interval" and "compiled" in info.value.message
+    assert imagine.to_job(imagine.parse(sdk_body(cache_interval=1)), compiled, "r").n == 1
