@@ -106,6 +106,14 @@ def _rebuild(
     return APIError(kind, message, param=param, code=code, headers=headers)
 
 
+def check_image_count(got: int, expected: int) -> None:
+    """Every dialect's response: the encoder must return one image per seed."""
+    if got != expected:
+        raise APIError(
+            "internal", f"image count mismatch between model and encoder ({got} != {expected})"
+        )
+
+
 def invalid(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError("invalid_request", message, param=param, code=code)
 

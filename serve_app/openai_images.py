@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serve_app.config import ModelConfig
-from serve_app.errors import APIError, from_validation_error, invalid
+from serve_app.errors import check_image_count, from_validation_error, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.protocol import (
     IGNORED_OPENAI_FIELDS,
@@ -105,8 +105,7 @@ def to_encode_spec(req: ImageGenerateRequest, request_id: str, base_url: str | N
 def build_response(
     req: ImageGenerateRequest, seeds: Sequence[int], images: Sequence[EncodedImage]
 ) -> dict[str, Any]:
-    if len(images) != len(seeds):
-        raise APIError("internal", "image count mismatch between model and encoder")
+    check_image_count(len(images), len(seeds))
     width, height = parse_size(req.size)
     response = ImagesResponse(
         created=int(time.time()),

@@ -21,7 +21,7 @@ from pydantic import Field
 from serve_app.config import ModelConfig
 from serve_app.dialects.common import check_limits, free_size, log_ignored, unsupported, validate
 from serve_app.dialects.samplers import resolve_sampler
-from serve_app.errors import APIError
+from serve_app.errors import APIError, check_image_count
 from serve_app.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.protocol import MAX_SEED, LenientModel
 
@@ -201,8 +201,7 @@ def build_response(
     job: GenerationJob,
     images: Sequence[EncodedImage],
 ) -> dict[str, Any]:
-    if len(images) != job.n:
-        raise APIError("internal", "image count mismatch between model and encoder")
+    check_image_count(len(images), job.n)
     seeds = list(job.seeds)
     info = {
         "prompt": req.prompt,

@@ -31,7 +31,7 @@ from serve_app.dialects.common import (
     unsupported,
     validate,
 )
-from serve_app.errors import APIError, invalid
+from serve_app.errors import check_image_count, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.protocol import MAX_SEED, LenientModel
 
@@ -157,8 +157,7 @@ def build_response(
     job: GenerationJob,
     images: Sequence[EncodedImage],
 ) -> dict[str, Any]:
-    if len(images) != job.n:
-        raise APIError("internal", "image count mismatch between model and encoder")
+    check_image_count(len(images), job.n)
     data = [
         {
             "b64_json": image.b64_json,

@@ -23,7 +23,7 @@ from serve_app.dialects.common import (
     unsupported,
     validate,
 )
-from serve_app.errors import APIError
+from serve_app.errors import check_image_count
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.protocol import MAX_SEED, LenientModel
 
@@ -147,8 +147,7 @@ def build_response(
     job: GenerationJob,
     images: Sequence[EncodedImage],
 ) -> dict[str, Any]:
-    if len(images) != job.n:
-        raise APIError("internal", "image count mismatch between model and encoder")
+    check_image_count(len(images), job.n)
     data: list[dict[str, Any]] = []
     for index, (image, seed) in enumerate(zip(images, job.seeds, strict=True)):
         if image.url is not None:
