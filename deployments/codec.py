@@ -8,6 +8,15 @@ level 0, 0 with level 9.
 Defaults when unset, measured on a 1024x1024 image upscaled from the tiny model
 (one CPU core): PNG zlib level 3 took 0.10 s for 1.29 MB where level 6 took 0.34 s
 for 1.16 MB; webp method 2 took 0.04 s where method 4 took 0.10 s, +1.5% bytes.
+
+Streamed previews (``preview=True``) are latent-resolution projections, 1/8 of the
+final size per side: they hold no detail a smooth resize or a high compression
+level could keep. They are upscaled nearest-neighbour (the preview's true
+resolution stays visible as blocks) and written with the fastest settings: PNG
+zlib level 1, jpeg/webp quality at most ``PREVIEW_QUALITY``, webp method 0.
+On one core, a 16x16 or 128x128 preview to a 1024x1024 PNG takes 10-13 ms this
+way against 102 ms encoded like a final, and 19-92 KB against 0.9-2.1 MB
+(``python -m benchmarks.encoder_bench``, ``benchmarks/results/preview_encoding.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DEFAULT_QUALITY = 90
 DEFAULT_PNG_LEVEL = 3
 WEBP_METHOD = 2
+PREVIEW_PNG_LEVEL = 1
+PREVIEW_QUALITY = 60
 
 
 def to_pil(pixels: np.ndarray) -> Image.Image:
@@ -30,29 +41,42 @@ def to_pil(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels, mode="RGBA" if pixels.shape[2] == 4 else "RGB")
 
 
-def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+def resize(
+    image: Image.Image,
+    width: int,
+    height: int,
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+) -> Image.Image:
     if image.size == (width, height):
         return image
-    return image.resize((width, height), Image.Resampling.LANCZOS)
+    return image.resize((width, height), resample)
 
 
 def encode_image(
-    pixels: np.ndarray, width: int, height: int, output_format: str, compression: int | None
+    pixels: np.ndarray,
+    width: int,
+    height: int,
+    output_format: str,
+    compression: int | None,
+    preview: bool = False,
 ) -> bytes:
-    """Encode one image at exactly ``width`` x ``height``."""
-    image = resize(to_pil(pixels), width, height)
+    """Encode one image at exactly ``width`` x ``height`` (``preview``: fastest settings)."""
+    resample = Image.Resampling.NEAREST if preview else Image.Resampling.LANCZOS
+    image = resize(to_pil(pixels), width, height, resample)
+    quality = DEFAULT_QUALITY if compression is None else compression
+    if preview:
+        quality = min(quality, PREVIEW_QUALITY)
     buffer = io.BytesIO()
     if output_format == "png":
         level = DEFAULT_PNG_LEVEL if compression is None else round(9 * (100 - compression) / 100)
-        image.save(buffer, format="PNG", compress_level=level)
+        image.save(buffer, format="PNG", compress_level=PREVIEW_PNG_LEVEL if preview else level)
     elif output_format == "jpeg":
         if image.mode == "RGBA":
             raise ValueError("jpeg cannot carry an alpha channel")
-        quality = DEFAULT_QUALITY if compression is None else compression
         image.save(buffer, format="JPEG", quality=quality)
     elif output_format == "webp":
-        quality = DEFAULT_QUALITY if compression is None else compression
-        image.save(buffer, format="WEBP", quality=quality, method=WEBP_METHOD)
+        method = 0 if preview else WEBP_METHOD
+        image.save(buffer, format="WEBP", quality=quality, method=method)
     else:
         raise ValueError(f"unsupported output_format {output_format!r}")
     return buffer.getvalue()

@@ -28,21 +28,23 @@ class Encoder:
         self.store = make_store(self.config, signing_key)
         self.metrics = EncoderMetrics()
 
-    def encode(self, pixels: np.ndarray, spec: EncodeSpec) -> list[EncodedImage]:
-        """Encode every image of one job, in order."""
+    def encode(
+        self, pixels: np.ndarray, spec: EncodeSpec, preview: bool = False
+    ) -> list[EncodedImage]:
+        """Encode every image of one job, in order (``preview``: a streamed preview)."""
         started = time.perf_counter()
-        results = self._encode(pixels, spec)
+        results = self._encode(pixels, spec, preview)
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.metrics.encode_ms.observe(elapsed_ms, tags={"format": spec.output_format})
         return results
 
-    def _encode(self, pixels: np.ndarray, spec: EncodeSpec) -> list[EncodedImage]:
+    def _encode(self, pixels: np.ndarray, spec: EncodeSpec, preview: bool) -> list[EncodedImage]:
         if spec.response_format == "stored" and len(spec.store_keys) != len(pixels):
             raise ValueError(f"{len(pixels)} images but {len(spec.store_keys)} store keys")
         results = []
         for index, image in enumerate(pixels):
             data = encode_image(
-                image, spec.width, spec.height, spec.output_format, spec.compression
+                image, spec.width, spec.height, spec.output_format, spec.compression, preview
             )
             content_type = CONTENT_TYPES[spec.output_format]
             if spec.response_format == "b64_json":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from serve_app import openai_images
 from serve_app.dialects import imagine, together
 from serve_app.dialects.common import Dialect, DialectName
+from serve_app.streaming import OpenAIStream
 
 OPENAI = Dialect(
     name="openai",
@@ -20,7 +21,9 @@ OPENAI = Dialect(
     build_response=lambda req, model, job, images: openai_images.build_response(
         req, job.seeds, images
     ),
-    wants_stream=lambda req: req.stream,
+    stream_format=lambda req, model, job, spec: (
+        OpenAIStream(req, job, spec, "image_generation") if req.stream else None
+    ),
 )
 
 REGISTRY: dict[DialectName, Dialect] = {

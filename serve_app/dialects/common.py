@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from serve_app.config import ModelConfig
 from serve_app.errors import APIError, ErrorKind, from_validation_error, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
+from serve_app.streaming import StreamFormat
 
 logger = logging.getLogger("imagegen.dialects")
 
@@ -35,7 +36,8 @@ class Dialect:
         to_job: request, model, request id -> the canonical job.
         to_encode_spec: request, model, request id, base URL -> how to encode.
         build_response: request, model, job, encoded images -> the JSON body.
-        wants_stream: whether the request asked for server-sent events instead.
+        stream_format: request, model, job, encode spec -> how its server-sent events look,
+            or ``None`` when the request did not ask for a stream.
     """
 
     name: DialectName
@@ -46,7 +48,9 @@ class Dialect:
     build_response: Callable[
         [Any, ModelConfig, GenerationJob, Sequence[EncodedImage]], dict[str, Any]
     ]
-    wants_stream: Callable[[Any], bool] = lambda req: False
+    stream_format: Callable[[Any, ModelConfig, GenerationJob, EncodeSpec], StreamFormat | None] = (
+        lambda req, model, job, spec: None
+    )
 
 
 def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request") -> RequestT:

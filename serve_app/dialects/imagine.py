@@ -9,6 +9,15 @@ draws random seeds. Image *i* uses ``seed + i * seed_increment``.
 The response is ``{id, model, object: "text_to_image", created, data: [{b64_json,
 url}]}``. For ``url`` the SDK prefixes the URL with its endpoint's parent
 (``dirname("http://host/v1") + url``), so URLs here are host-relative paths.
+
+``stream=true`` (``images_generate_stream``) runs the same streamed generation as
+OpenAI's: the SDK reads ``data:`` lines, each a whole ``ImageResponse``, until
+``data: [DONE]``. Here that is one response per preview step
+(``IMAGINE_STREAM_PARTIALS`` of them, with an extra ``partial_image_index``),
+then one with the finished images. Previews use the encoder's fast preview
+settings; with ``response_format=url`` they are stored like finals, because the
+SDK rewrites every item's ``url``. An error part-way is a ``data:`` line holding an
+OpenAI error object, which the SDK fails to read as an ``ImageResponse`` and raises.
 """
 
 from __future__ import annotations
@@ -28,14 +37,16 @@ from serve_app.dialects.common import (
     default_steps,
     free_size,
     log_ignored,
-    unsupported,
     validate,
 )
-from serve_app.errors import check_image_count, invalid
-from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from serve_app.errors import APIError, check_image_count, invalid
+from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, ImageEvent, assign_seeds
 from serve_app.protocol import MAX_SEED, LenientModel
+from serve_app.streaming import sse
 
 IMAGINE_DEFAULT_STEPS = 20
+# Previews a stream=true request gets (the SDK has no parameter for it).
+IMAGINE_STREAM_PARTIALS = 2
 # Fields only the imagine SDK sends: any of them marks a request as imagine's (detect.py).
 IMAGINE_ONLY_FIELDS = frozenset({"seed_increment", "cache_interval"})
 _SIZE_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
@@ -93,10 +104,6 @@ def parse(body: Any) -> ImagineImageRequest:
 
 
 def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
-    if req.stream:
-        raise unsupported(
-            "stream", "stream=true is not supported yet by this server; send stream=false."
-        )
     steps = req.num_inference_steps or default_steps(model, IMAGINE_DEFAULT_STEPS)
     check_limits(
         model, n=req.images, prompt=req.prompt, steps=steps, steps_param="num_inference_steps"
@@ -127,6 +134,7 @@ def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> Gen
         steps=steps,
         guidance=float(guidance),
         cache_interval=req.cache_interval,
+        partial_images=IMAGINE_STREAM_PARTIALS if req.stream else 0,
     )
 
 
@@ -175,6 +183,33 @@ def build_response(
     }
 
 
+class ImagineStream:
+    """The imagine SDK's stream: an ``ImageResponse`` per event, then ``[DONE]``."""
+
+    def __init__(self, req: ImagineImageRequest, model: ModelConfig, job: GenerationJob) -> None:
+        self.req = req
+        self.model = model
+        self.job = job
+
+    def frames(self, event: ImageEvent, images: Sequence[EncodedImage]) -> list[str]:
+        response = build_response(self.req, self.model, self.job, images)
+        if event.kind == "partial":
+            response["partial_image_index"] = event.partial_index or 0
+        return [sse(response)]
+
+    def error(self, err: APIError) -> str:
+        return sse(err.body())
+
+    def end(self) -> list[str]:
+        return [sse("[DONE]")]
+
+
+def stream_format(
+    req: ImagineImageRequest, model: ModelConfig, job: GenerationJob, spec: EncodeSpec
+) -> ImagineStream | None:
+    return ImagineStream(req, model, job) if req.stream else None
+
+
 DIALECT = Dialect(
     name="imagine",
     parse=parse,
@@ -182,4 +217,5 @@ DIALECT = Dialect(
     to_job=to_job,
     to_encode_spec=to_encode_spec,
     build_response=build_response,
+    stream_format=stream_format,
 )

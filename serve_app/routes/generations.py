@@ -38,8 +38,9 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             "x-imagegen-model": model.id,
             DIALECT_RESPONSE_HEADER: dialect.name,
         }
-        if dialect.wants_stream(req):
-            events = generation_events(ingress, model, req, job, spec)
+        fmt = dialect.stream_format(req, model, job, spec)
+        if fmt is not None:
+            events = generation_events(ingress, model, job, spec, fmt)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
             )

@@ -169,10 +169,47 @@ def test_imagine_errors(imagine_client: ImagineClient) -> None:
     assert info.value.http_status == 404
 
 
-def test_imagine_stream_is_refused_clearly(http: httpx.Client) -> None:
-    body = {"prompt": "x", "model": "tiny-sdxl", "stream": True, "seed_increment": 100}
-    response = http.post("/v1/images/generations", json=body)
-    assert response.status_code == 400 and response.json()["error"]["param"] == "stream"
+def test_imagine_sdk_streams_previews_then_the_images(imagine_client: ImagineClient) -> None:
+    responses = list(
+        imagine_client.images_generate_stream(
+            prompt="a boat", model="tiny-sdxl", n=2, seed=7, num_inference_steps=6, size="256x256"
+        )
+    )
+    # IMAGINE_STREAM_PARTIALS previews, then the finished images; every one an ImageResponse
+    # (the SDK's model drops our partial_image_index: the last response is the final one).
+    assert len(responses) == 3
+    for response in responses:
+        assert response.object == "text_to_image" and len(response.data) == 2
+        assert all(decode_b64(d.b64_json).size == (256, 256) for d in response.data)
+    plain = imagine_client.images_generate(
+        prompt="a boat", model="tiny-sdxl", n=2, seed=7, num_inference_steps=6, size="256x256"
+    )
+    for streamed, direct in zip(responses[-1].data, plain.data, strict=True):
+        assert_close(decode_b64(streamed.b64_json), decode_b64(direct.b64_json))
+
+
+def test_imagine_sdk_stream_with_urls(imagine_client: ImagineClient) -> None:
+    """The SDK rewrites every item's url, previews' too, so previews are stored as well."""
+    responses = list(
+        imagine_client.images_generate_stream(
+            prompt="a boat", model="tiny-sdxl", num_inference_steps=4, response_format="url"
+        )
+    )
+    assert len(responses) == 3
+    for response in responses:
+        url = response.data[0].url
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        download = httpx.get(url, timeout=30)
+        assert download.status_code == 200
+        assert Image.open(io.BytesIO(download.content)).size == (512, 512)
+
+
+def test_imagine_stream_errors_before_the_stream_are_http_errors(
+    imagine_client: ImagineClient,
+) -> None:
+    with pytest.raises(ImagineAPIException) as info:
+        list(imagine_client.images_generate_stream(prompt="x", model="tiny-sdxl", size="huge"))
+    assert info.value.http_status == 400 and "size" in str(info.value)
 
 
 # --- AUTOMATIC1111, as Open WebUI's automatic1111 engine calls it -----------------------

@@ -62,3 +62,21 @@ def test_jpeg_refuses_alpha() -> None:
 def test_rejects_non_image_arrays() -> None:
     with pytest.raises(ValueError, match="uint8"):
         encode_image(PIXELS.astype(np.float32), 10, 10, "png", None)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_previews_keep_the_size_and_cost_fewer_bytes(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    latent_sized = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+    final = encode_image(latent_sized, 256, 256, fmt, None)
+    preview = encode_image(latent_sized, 256, 256, fmt, None, preview=True)
+    assert Image.open(io.BytesIO(preview)).size == (256, 256)
+    assert len(preview) < len(final)
+
+
+def test_png_previews_are_nearest_neighbour_upscales() -> None:
+    """Each preview pixel becomes a flat block: no detail is invented, PNG stays lossless."""
+    small = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    preview = encode_image(small, 16, 16, "png", None, preview=True)
+    decoded = np.asarray(Image.open(io.BytesIO(preview)))
+    np.testing.assert_array_equal(decoded, small.repeat(4, axis=0).repeat(4, axis=1))

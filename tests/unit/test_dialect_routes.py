@@ -103,7 +103,6 @@ def test_one_route_three_dialects(
         ({"prompt": "x", "steps": 0}, 400, "steps"),
         ({"prompt": "x", "width": 512, "image_url": "https://e/x.png"}, 400, "image_url"),
         ({"prompt": "x", "cache_interval": 0}, 400, "cache_interval"),
-        ({"prompt": "x", "seed_increment": 1, "stream": True}, 400, "stream"),
         ({"prompt": "x", "steps": 3, "cache_interval": 2}, 400, None),
         ({"prompt": "x", "steps": 3, "model": "nope"}, 404, "model"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from imagine.types.images import ImageRequest, ImageResponse
 from serve_app.config import ModelConfig
 from serve_app.dialects import imagine
 from serve_app.errors import APIError
-from serve_app.job import EncodedImage
+from serve_app.job import EncodedImage, ImageEvent
 
 MODEL = ModelConfig(
     id="tiny",
@@ -79,7 +80,6 @@ def test_cache_interval_reaches_the_job_and_its_batching_key() -> None:
         ({"cache_interval": 0}, "cache_interval"),
         ({"cache_interval": 21}, "cache_interval"),
         ({"response_format": "base64"}, "response_format"),
-        ({"stream": True}, "stream"),
         ({"seed_increment": -1}, "seed_increment"),
     ],
 )
@@ -106,10 +106,44 @@ def test_response_parses_with_the_sdk_model_and_urls_are_host_relative() -> None
 
 
 def test_cache_interval_is_refused_on_a_compiled_unet() -> None:
-    compiled = MODEL.model_copy(update={"performance": {"compile_unet": True}})
-    compiled = ModelConfig.model_validate(compiled.model_dump())
+    compiled = ModelConfig.model_validate(
+        {**MODEL.model_dump(), "performance": {"compile_unet": True}}
+    )
     req = imagine.parse(sdk_body(cache_interval=3))
     with pytest.raises(APIError) as info:
         imagine.to_job(req, compiled, "req-1")
     assert info.value.param == "cache_interval" and "compiled" in info.value.message
     assert imagine.to_job(imagine.parse(sdk_body(cache_interval=1)), compiled, "r").n == 1
+
+
+def test_stream_asks_for_previews_and_writes_sdk_responses_then_done() -> None:
+    req, job, spec = translate(sdk_body(stream=True, n=2, seed=3))
+    assert job.partial_images == imagine.IMAGINE_STREAM_PARTIALS
+    fmt = imagine.stream_format(req, MODEL, job, spec)
+    assert fmt is not None
+    images = [EncodedImage(b64_json="AAAA"), EncodedImage(b64_json="BBBB")]
+    partial = fmt.frames(ImageEvent("partial", None, partial_index=1), images)
+    final = fmt.frames(ImageEvent("final", None), images)
+    frames = [*partial, *final, *fmt.end()]
+    lines = [frame.removeprefix("data: ").strip() for frame in frames]
+    assert all(frame.startswith("data: ") and frame.endswith("\n\n") for frame in frames)
+    assert lines[-1] == "[DONE]"
+    first, last = (json.loads(line) for line in lines[:2])
+    assert first["partial_image_index"] == 1 and "partial_image_index" not in last
+    for body in (first, last):
+        parsed = ImageResponse(**body)  # what the SDK does with each line
+        assert [d.b64_json for d in parsed.data] == ["AAAA", "BBBB"]
+        assert [d["seed"] for d in body["data"]] == [3, 103]
+
+
+def test_stream_error_frame_carries_an_openai_error() -> None:
+    req, job, spec = translate(sdk_body(stream=True))
+    fmt = imagine.stream_format(req, MODEL, job, spec)
+    assert fmt is not None
+    frame = fmt.error(APIError("internal", "boom"))
+    assert json.loads(frame.removeprefix("data: "))["error"]["message"] == "boom"
+
+
+def test_no_stream_no_format() -> None:
+    req, job, spec = translate(sdk_body())
+    assert job.partial_images == 0 and imagine.stream_format(req, MODEL, job, spec) is None
