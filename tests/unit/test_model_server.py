@@ -227,6 +227,30 @@ async def test_streamed_and_plain_requests_share_a_batch() -> None:
     assert stats["mixed_batches"] == 1 and stats["streaming_requests"] == 1
 
 
+async def test_a_stream_nobody_reads_does_not_stall_its_batch() -> None:
+    """A slow client's events wait in its own inbox; the batch and its peers go on."""
+    server = make_server()
+    fake = engine(server)
+    release = fake.pause(0)
+    first = asyncio.create_task(server.generate(job("a", 1)))
+    await wait_entered(fake)
+    slow = server._submit(Submission(job("s", 2, partials=3), stream=True))
+    slow_first = asyncio.create_task(anext(slow))  # enters the queue, then is not read
+    plain = asyncio.create_task(server.generate(job("p", 3)))
+    await asyncio.sleep(0.05)
+    release.set()
+    out = await asyncio.wait_for(plain, 10)  # finishes while the stream sits unread
+    await first
+    assert seeds_of(out) == [3] and fake.calls[1] == [2, 3]
+    assert (await slow_first).kind == "partial"
+    rest = [event async for event in slow]  # everything it missed is still there
+    assert [(e.kind, e.partial_index) for e in rest] == [
+        ("partial", 1),
+        ("partial", 2),
+        ("final", None),
+    ]
+
+
 async def test_cancelled_request_leaves_the_running_call() -> None:
     server = make_server()
     fake = engine(server)
