@@ -36,6 +36,8 @@ class Dialect:
         to_encode_spec: request, model, request id, base URL -> how to encode.
         build_response: request, model, job, encoded images -> the JSON body.
         wants_stream: whether the request asked for server-sent events instead.
+        image_url: the request's init image URL (image-to-image), or None.
+        strength: the request's img2img strength, or None for the configured default.
     """
 
     name: DialectName
@@ -47,6 +49,8 @@ class Dialect:
         [Any, ModelConfig, GenerationJob, Sequence[EncodedImage]], dict[str, Any]
     ]
     wants_stream: Callable[[Any], bool] = lambda req: False
+    image_url: Callable[[Any], str | None] = lambda req: None
+    strength: Callable[[Any], float | None] = lambda req: None
 
 
 def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request") -> RequestT:
