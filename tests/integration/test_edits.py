@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -211,7 +212,7 @@ def test_a1111_img2img_replayed_payload(http: httpx.Client) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert [decode_b64(image).size for image in body["images"]] == [(384, 256)] * 2
-    info: dict[str, Any] = __import__("json").loads(body["info"])
+    info: dict[str, Any] = json.loads(body["info"])
     assert info["all_seeds"] == [21, 22] and info["denoising_strength"] == 0.5
 
 
