@@ -1,7 +1,8 @@
 """Split a batch of jobs into pipeline calls: one call per shape.
 
-One diffusers call takes one width, height, step count, guidance value, scheduler
-and DeepCache interval, so a batch is grouped by the job's shape key. Jobs with
+One diffusers call takes one width, height, step count, guidance value, scheduler,
+DeepCache interval, mode (txt2img, img2img, inpaint) and strength, so a batch is
+grouped by the job's shape key. Init images and masks travel per image row. Jobs with
 and without a negative prompt are kept apart too: SDXL treats "no negative
 prompt" as zero embeddings, and an empty-string stand-in would change those
 images depending on their batch mates.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from serve_app.job import GenerationJob, SchedulerSpec
 
@@ -32,10 +33,22 @@ class GenerationGroup:
     seeds: list[int] = field(default_factory=list)
     # (job index in the batch, image index within that job), one per image.
     owners: list[tuple[int, int]] = field(default_factory=list)
+    # img2img / inpaint: strength, and per image row its init image (and mask).
+    strength: float | None = None
+    init_images: list[Any] | None = None
+    masks: list[Any] | None = None
 
     @property
     def size(self) -> int:
         return len(self.seeds)
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline loop really runs: img2img starts ``strength`` of the way
+        from the end of the schedule (diffusers' ``get_timesteps``)."""
+        if self.strength is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
 
 
 class HasImageCount(Protocol):
@@ -65,6 +78,9 @@ def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
                 scheduler=job.scheduler,
                 cache_interval=job.deep_cache_interval,
                 negative_prompts=[] if has_negative else None,
+                strength=job.strength,
+                init_images=None if job.init_image is None else [],
+                masks=None if job.mask is None else [],
             )
             groups[key] = group
         for image_index, seed in enumerate(job.seeds):
@@ -73,4 +89,8 @@ def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
                 group.negative_prompts.append(job.negative_prompt or "")
             group.seeds.append(seed)
             group.owners.append((job_index, image_index))
+            if group.init_images is not None:
+                group.init_images.append(job.init_image)
+            if group.masks is not None:
+                group.masks.append(job.mask)
     return list(groups.values())

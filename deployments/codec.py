@@ -52,6 +52,22 @@ def resize(
     return image.resize((width, height), resample)
 
 
+def paste_outside_mask(
+    pixels: np.ndarray, original: np.ndarray, mask: np.ndarray, width: int, height: int
+) -> np.ndarray:
+    """Inpainting: the generated image where ``mask`` is 255, the original elsewhere.
+
+    ``original`` and ``mask`` are at ``width`` x ``height``; ``pixels`` is resized to
+    it first. A VAE does not reconstruct pixels exactly (the tiny model's random one
+    not at all), so like A1111 and diffusers' ``apply_overlay`` the untouched area is
+    the uploaded image itself. Values between 0 and 255 blend linearly.
+    """
+    generated = np.asarray(resize(to_pil(pixels), width, height).convert("RGB"), np.float32)
+    alpha = (mask.astype(np.float32) / 255.0)[..., None]
+    blended = generated * alpha + original.astype(np.float32) * (1.0 - alpha)
+    return blended.round().clip(0, 255).astype(np.uint8)
+
+
 def encode_image(
     pixels: np.ndarray,
     width: int,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codec import CONTENT_TYPES, encode_image
+from deployments.codec import CONTENT_TYPES, encode_image, paste_outside_mask
 from deployments.metrics import EncoderMetrics
 from deployments.storage import make_store, output_key
 from serve_app.config import StorageConfig
@@ -43,6 +43,11 @@ class Encoder:
             raise ValueError(f"{len(pixels)} images but {len(spec.store_keys)} store keys")
         results = []
         for index, image in enumerate(pixels):
+            if spec.overlay is not None:
+                overlay = spec.overlay
+                image = paste_outside_mask(
+                    image, overlay.image, overlay.mask, spec.width, spec.height
+                )
             data = encode_image(
                 image, spec.width, spec.height, spec.output_format, spec.compression, preview
             )

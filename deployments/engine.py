@@ -17,6 +17,7 @@ import numpy as np
 
 from deployments.batching import GenerationGroup
 from deployments.deepcache import DeepCache
+from deployments.img2img import SLICED_INPUTS, DerivedPipelines, can_drop_rows, mode_kwargs
 from deployments.previews import latents_to_rgb
 from deployments.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 from serve_app.config import ModelConfig
@@ -136,6 +137,8 @@ class DiffusersEngine:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         _apply_performance(self.pipe, config)
+        # img2img / inpaint pipelines sharing these components, built on first use.
+        self.pipelines = DerivedPipelines(self.pipe)
         # The configured scheduler; a group may ask for another one (A1111 samplers).
         self.base_scheduler = pipe.scheduler
         self._schedulers: dict[SchedulerSpec, Any] = {}
@@ -178,11 +181,34 @@ class DiffusersEngine:
         #    device and at any position in the batch.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in group.seeds]
         rows = list(range(group.size))
+        pipe = self._pipe_for(group.mode)
+        # The group's scheduler goes in first: whether rows may be dropped depends on it.
+        pipe.scheduler = self.scheduler_for(group.scheduler)
+        try:
+            return self._generate(pipe, group, generators, rows, observer)
+        finally:
+            pipe.scheduler = self.base_scheduler
+
+    def _pipe_for(self, mode: str) -> Any:
+        return self.pipe if mode == "txt2img" else self.pipelines.for_mode(mode)
+
+    def _generate(
+        self,
+        pipe: Any,
+        group: GenerationGroup,
+        generators: list[Any],
+        rows: list[int],
+        observer: StepObserver | None,
+    ) -> GroupOutput:
+        import torch
+
         deep_cache = (
             DeepCache(self.pipe.unet, group.cache_interval) if group.cache_interval else None
         )
         step_callback = (
-            _StepCallback(self.pipe, observer, group.steps, rows, generators)
+            _StepCallback(
+                pipe, observer, group.denoising_steps, rows, generators, can_drop_rows(group.mode)
+            )
             if observer is not None
             else None
         )
@@ -199,14 +225,11 @@ class DiffusersEngine:
             return tensors
 
         # 2. One pipeline call for the whole group, with its scheduler and DeepCache.
-        self.pipe.scheduler = self.scheduler_for(group.scheduler)
         try:
             with torch.inference_mode(), deep_cache or nullcontext():
-                result = self._call_pipeline(group, generators, callback)
+                result = self._call_pipeline(group, generators, callback, pipe)
         except _AllRowsDropped:
             return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])
-        finally:
-            self.pipe.scheduler = self.base_scheduler
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
         #    Non-finite pixels (a float16 overflow, say) fail their request.
         images = np.asarray(result.images)
@@ -216,23 +239,27 @@ class DiffusersEngine:
         pixels = (images * 255.0).round().clip(0, 255).astype(np.uint8)
         return GroupOutput(pixels, rows, invalid)
 
-    def _call_pipeline(self, group: GenerationGroup, generators: list[Any], callback: Any) -> Any:
-        return self.pipe(
+    def _call_pipeline(
+        self, group: GenerationGroup, generators: list[Any], callback: Any, pipe: Any = None
+    ) -> Any:
+        pipe = pipe if pipe is not None else self._pipe_for(group.mode)
+        # txt2img takes the size; img2img reads it from the init images (already at
+        # the generation size) and inpaint gets it in mode_kwargs.
+        size = {"width": group.width, "height": group.height} if group.mode == "txt2img" else {}
+        return pipe(
             prompt=group.prompts,
             negative_prompt=group.negative_prompts,
-            width=group.width,
-            height=group.height,
             num_inference_steps=group.steps,
             guidance_scale=group.guidance,
             generator=generators,
             output_type="np",
             callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=list(_SLICED_INPUTS),
+            callback_on_step_end_tensor_inputs=list(SLICED_INPUTS),
+            **size,
+            **mode_kwargs(group),
         )
 
 
-# Per-step inputs the SDXL loop reads back from the callback, sliced on drops.
-_SLICED_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 # Schedulers whose step keeps no per-sample history, so rows can leave mid-call.
 DROPPABLE_SCHEDULERS = frozenset(
     {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler"}
@@ -269,6 +296,7 @@ class _StepCallback:
         total: int,
         rows: list[int],
         generators: list[Any],
+        mode_can_drop: bool = True,
     ) -> None:
         self.pipe = pipe
         self.observer = observer
@@ -276,7 +304,8 @@ class _StepCallback:
         self.rows = rows  # shared with the caller: updated in place on drops
         self.generators = generators  # the same list the scheduler's step receives
         self.can_drop = (
-            type(pipe.scheduler).__name__ in DROPPABLE_SCHEDULERS
+            mode_can_drop
+            and type(pipe.scheduler).__name__ in DROPPABLE_SCHEDULERS
             and pipe.unet.config.time_cond_proj_dim is None
         )
 
@@ -298,7 +327,7 @@ class _StepCallback:
         batch = tensors["latents"].shape[0]
         index = torch.tensor(keep, device=tensors["latents"].device)
         sliced = {}
-        for name in _SLICED_INPUTS:
+        for name in SLICED_INPUTS:
             tensor = tensors[name]
             if tensor.shape[0] == 2 * batch:  # classifier-free guidance: [uncond; cond]
                 index2 = torch.cat([index, index + batch])

@@ -61,7 +61,7 @@ class GroupObserver:
         for index in sorted({owner[0] for owner in group.owners}):
             job = subs[index].job
             if subs[index].stream and job.partial_images > 0:
-                steps = partial_steps(group.steps, job.partial_images)
+                steps = partial_steps(group.denoising_steps, job.partial_images)
                 self.schedule[index] = {step: i for i, step in enumerate(steps)}
 
     def __call__(
@@ -124,7 +124,7 @@ def run_group(
     members = sorted({index for index, _ in group.owners})
     if all(subs[index].cancelled for index in members):
         stats.dropped_images += group.size
-        stats.steps_saved += group.size * group.steps
+        stats.steps_saved += group.size * group.denoising_steps
         metrics.cancelled_images.inc(group.size)
         return
     started = time.perf_counter()
@@ -186,6 +186,8 @@ def subgroup(group: GenerationGroup, index: int) -> GenerationGroup:
         negative_prompts=(
             None if group.negative_prompts is None else [group.negative_prompts[r] for r in rows]
         ),
+        init_images=None if group.init_images is None else [group.init_images[r] for r in rows],
+        masks=None if group.masks is None else [group.masks[r] for r in rows],
         seeds=[group.seeds[r] for r in rows],
         owners=[group.owners[r] for r in rows],
     )

@@ -329,6 +329,44 @@ class A1111Config(StrictModel):
     )
 
 
+class ImageInputConfig(StrictModel):
+    """Images sent in (edits, variations, Together ``image_url``, A1111 img2img)."""
+
+    max_upload_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=1024,
+        description="Cap on a request body carrying images (multipart or JSON with base64 "
+        "or data: URLs); 413 past it. Other JSON bodies keep ingress.max_body_bytes.",
+    )
+    max_input_pixels: int = Field(
+        default=4096 * 4096, ge=64 * 64, description="Cap on one decoded image's width*height."
+    )
+    max_input_images: int = Field(default=16, ge=1, le=16, description="Images per request.")
+    fetch_timeout_s: float = Field(default=10.0, gt=0, description="Whole image_url fetch.")
+    fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    fetch_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts (exact names) or IP networks (CIDR) image_url may reach even "
+        "though they are private, loopback or link-local. Empty: public addresses only.",
+    )
+    img2img_strength: float = Field(default=0.75, gt=0.0, le=1.0)
+    inpaint_strength: float = Field(default=1.0, gt=0.0, le=1.0)
+    variation_strength: float = Field(default=0.6, gt=0.0, le=1.0)
+
+    @field_validator("fetch_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)  # raises ValueError with the reason
+            elif not re.fullmatch(r"[A-Za-z0-9.:-]+", entry):
+                raise ValueError(f"fetch_allowlist entry {entry!r} is not a host or network")
+        return value
+
+
 class ImageServingArgs(StrictModel):
     """The whole application: models, encoder, ingress, storage."""
 
@@ -340,6 +378,7 @@ class ImageServingArgs(StrictModel):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     a1111: A1111Config = Field(default_factory=A1111Config)
+    images: ImageInputConfig = Field(default_factory=ImageInputConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ImageServingArgs:

@@ -10,7 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Mode = Literal["txt2img"]
+# txt2img: from noise; img2img: from an init image; inpaint: repaint where a mask says.
+Mode = Literal["txt2img", "img2img", "inpaint"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 # Random seeds are drawn below 2**32 so every client (A1111 uses 32-bit seeds) can replay them.
@@ -51,6 +52,28 @@ class GenerationJob:
     cache_interval: int | None = None
     # Previews to stream while denoising (0-3); only set for stream=true requests.
     partial_images: int = 0
+    # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
+    # resized to the generation size by the ingress; for inpaint also a
+    # (gen_height, gen_width) uint8 mask, 255 where to repaint. ``strength`` is the
+    # fraction of the schedule that runs (diffusers' ``strength``).
+    init_image: Any = field(default=None, compare=False, repr=False)
+    mask: Any = field(default=None, compare=False, repr=False)
+    strength: float | None = None
+
+    def __post_init__(self) -> None:
+        needs_image = self.mode != "txt2img"
+        if needs_image != (self.init_image is not None) or needs_image != (
+            self.strength is not None
+        ):
+            raise ValueError(f"mode {self.mode!r} and init_image/strength do not agree")
+        if (self.mode == "inpaint") != (self.mask is not None):
+            raise ValueError(f"mode {self.mode!r} and mask do not agree")
+        if self.init_image is not None:
+            expected = (self.gen_height, self.gen_width, 3)
+            if self.init_image.shape != expected or self.init_image.dtype.name != "uint8":
+                raise ValueError(f"init_image must be {expected} uint8")
+            if self.mask is not None and self.mask.shape != expected[:2]:
+                raise ValueError(f"mask must be {expected[:2]} uint8")
 
     @property
     def n(self) -> int:
@@ -72,7 +95,20 @@ class GenerationJob:
             self.mode,
             self.scheduler,
             self.deep_cache_interval,
+            self.strength,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class Overlay:
+    """Inpainting: paste the original back outside the mask, at the output size.
+
+    ``image`` is ``(height, width, 3)`` uint8 and ``mask`` ``(height, width)`` uint8
+    with 255 where the model repaints, both at the spec's output size.
+    """
+
+    image: Any
+    mask: Any
 
 
 @dataclass(frozen=True)
@@ -88,6 +124,7 @@ class EncodeSpec:
     response_format: Literal["b64_json", "url", "stored"]
     base_url: str | None = None
     store_keys: tuple[str, ...] = ()
+    overlay: Overlay | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

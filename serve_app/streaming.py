@@ -31,6 +31,7 @@ from serve_app.protocol import (
 
 if TYPE_CHECKING:
     from serve_app.config import ModelConfig
+    from serve_app.edits import ImageEditRequest
     from serve_app.ingress import Ingress
 
 logger = logging.getLogger("imagegen.streaming")
@@ -62,15 +63,15 @@ class StreamFormat(Protocol):
 class OpenAIStream:
     """``image_generation.partial_image`` per preview, ``.completed`` per finished image.
 
-    ``prefix`` is ``image_edit`` for edits. Errors are ``event: error`` frames with an
+    Edits and variations use ``image_edit.*`` names. Errors are ``event: error`` frames with an
     OpenAI error object, which the openai SDK raises as an ``APIError``.
     """
 
     def __init__(
-        self, req: ImageGenerateRequest, job: GenerationJob, spec: EncodeSpec, prefix: str
+        self, req: ImageGenerateRequest | ImageEditRequest, job: GenerationJob, spec: EncodeSpec
     ) -> None:
         self.job = job
-        self.prefix = prefix
+        self.prefix = "image_generation" if isinstance(req, ImageGenerateRequest) else "image_edit"
         self.common: dict[str, Any] = {
             "background": "opaque",
             "output_format": req.output_format,

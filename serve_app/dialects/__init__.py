@@ -22,7 +22,7 @@ OPENAI = Dialect(
         req, job.seeds, images
     ),
     stream_format=lambda req, model, job, spec: (
-        OpenAIStream(req, job, spec, "image_generation") if req.stream else None
+        OpenAIStream(req, job, spec) if req.stream else None
     ),
 )
 

@@ -38,6 +38,8 @@ class Dialect:
         build_response: request, model, job, encoded images -> the JSON body.
         stream_format: request, model, job, encode spec -> how its server-sent events look,
             or ``None`` when the request did not ask for a stream.
+        image_url: the request's init image URL (image-to-image), or None.
+        strength: the request's img2img strength, or None for the configured default.
     """
 
     name: DialectName
@@ -51,6 +53,8 @@ class Dialect:
     stream_format: Callable[[Any, ModelConfig, GenerationJob, EncodeSpec], StreamFormat | None] = (
         lambda req, model, job, spec: None
     )
+    image_url: Callable[[Any], str | None] = lambda req: None
+    strength: Callable[[Any], float | None] = lambda req: None
 
 
 def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request") -> RequestT:

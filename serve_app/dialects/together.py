@@ -60,7 +60,11 @@ class TogetherImageRequest(LenientModel):
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
     output_format: Literal["jpeg", "png"] = "jpeg"
     response_format: Literal["base64", "b64_json", "url"] = "base64"
-    image_url: str | None = None
+    image_url: str | None = Field(
+        default=None, description="Init image: an http(s) or data: URL (image-to-image)."
+    )
+    # Extension: how far the result may move from image_url (default images.img2img_strength).
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
     image_loras: list[dict[str, Any]] | None = None
     reference_images: list[str] | None = None
     disable_safety_checker: bool | None = None
@@ -87,12 +91,6 @@ def parse(body: Any) -> TogetherImageRequest:
 
 
 def _check_unsupported(req: TogetherImageRequest) -> None:
-    if req.image_url is not None:
-        raise unsupported(
-            "image_url",
-            "image_url (image-to-image) is not available yet on this server; "
-            "send a text-to-image request without image_url.",
-        )
     if req.reference_images:
         raise unsupported(
             "reference_images",
@@ -166,4 +164,6 @@ DIALECT = Dialect(
     to_job=to_job,
     to_encode_spec=to_encode_spec,
     build_response=build_response,
+    image_url=lambda req: req.image_url,
+    strength=lambda req: req.strength,
 )

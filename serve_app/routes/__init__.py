@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute
 
-from serve_app.routes import a1111, files, generations, imagine, openai_images, system
+from serve_app.routes import a1111, edits, files, generations, imagine, openai_images, system
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -16,6 +16,7 @@ def all_routes(ingress: Ingress) -> list[BaseRoute]:
     """Specific paths come before parameterised ones (Starlette matches in order)."""
     return [
         *generations.routes(ingress),
+        *edits.routes(ingress),
         *openai_images.routes(ingress),
         *a1111.routes(ingress),
         *files.routes(ingress),

@@ -7,6 +7,7 @@ A1111's shape ``{error, detail, body, errors}``. Generation goes through the sam
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from serve_app.a1111_access import BasicAuth, ClientOptions, client_key, load_credentials
 from serve_app.config import ModelConfig
-from serve_app.dialects import a1111
+from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 from serve_app.errors import APIError
 from serve_app.http import api_endpoint, read_json, request_id_of
@@ -101,6 +102,22 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
         return JSONResponse(payload, headers=headers)
 
+    async def img2img(request: Request) -> Response:
+        request_id = request_id_of(request)
+        client = client_of(request)
+        # Base64 images make these bodies large: the upload limit applies, not max_body_bytes.
+        body = await read_json(request, ingress.args.images.max_upload_bytes)
+        req = a1111_img2img.parse(body)
+        override = a1111.checkpoint_override(req)
+        model = resolve_checkpoint(override) if override else current_model(client)
+        job, spec = await asyncio.to_thread(
+            a1111_img2img.to_job, req, model, request_id, ingress.args.images
+        )
+        images = await ingress.generate_images(model, job, spec)
+        payload = a1111_img2img.build_response(req, model, job, images)
+        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        return JSONResponse(payload, headers=headers)
+
     async def samplers(request: Request) -> Response:
         client_of(request)
         return JSONResponse(sampler_items())
@@ -117,6 +134,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         route("/options", get_options, "GET"),
         route("/options", set_options, "POST"),
         route("/txt2img", txt2img, "POST"),
+        route("/img2img", img2img, "POST"),
         route("/samplers", samplers, "GET"),
         route("/schedulers", schedulers, "GET"),
     ]

@@ -15,8 +15,10 @@ from starlette.routing import BaseRoute, Route
 
 from serve_app.dialects import REGISTRY
 from serve_app.dialects.detect import detect
+from serve_app.fetch import ImageFetcher, load_url_image
 from serve_app.http import api_endpoint, read_json, request_id_of
 from serve_app.streaming import SSE_HEADERS, generation_events
+from serve_app.uploads import with_init_image
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -25,6 +27,9 @@ DIALECT_RESPONSE_HEADER = "x-imagegen-dialect"
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
+    limits = ingress.args.images
+    fetcher = ImageFetcher(limits)
+
     async def generations(request: Request) -> Response:
         request_id = request_id_of(request)
         body = await read_json(request, ingress.args.ingress.max_body_bytes)
@@ -32,6 +37,11 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         req = dialect.parse(body)
         model = ingress.resolve_model(dialect.model_name(req))
         job = dialect.to_job(req, model, request_id)
+        url = dialect.image_url(req)
+        if url is not None:  # image-to-image (Together's image_url)
+            image = await load_url_image(fetcher, url, "image_url", limits)
+            strength = dialect.strength(req) or limits.img2img_strength
+            job, _ = with_init_image(job, image, strength)
         spec = dialect.to_encode_spec(req, model, request_id, ingress.base_url(request))
         headers = {
             "x-imagegen-seeds": ",".join(map(str, job.seeds)),

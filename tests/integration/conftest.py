@@ -41,6 +41,11 @@ MODEL_DEPLOYMENT = "Model:tiny-sdxl"
 RAY_PORTS: dict[str, int] = {}
 # Known to the tests so they can mint URLs (e.g. validly signed but expired ones).
 TEST_SIGNING_KEY = "integration-signing-key-0123456789"
+# image_url tests serve images from this loopback address, the only one the test app's
+# fetch allowlist names: 127.0.0.1 stays refused like any private address.
+IMAGE_SERVER_HOST = "127.0.0.2"
+# A small upload limit, so the 413 test need not send 50 MB.
+TEST_UPLOAD_LIMIT = 4 << 20
 # The A1111 routes run with Basic auth on, read from a secret file as in production.
 A1111_USER, A1111_PASSWORD = "webui", "s3cret-pass"
 
@@ -75,6 +80,11 @@ def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> d
         "num_replicas": 1,
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": 0.25},
+    }
+    args["images"] = {
+        **args.get("images", {}),
+        "fetch_allowlist": [IMAGE_SERVER_HOST],
+        "max_upload_bytes": TEST_UPLOAD_LIMIT,
     }
     if image_dir is not None:
         args["storage"]["local_dir"] = image_dir

@@ -104,9 +104,9 @@ def test_together_sdk_guidance_and_negative_prompt_change_the_image(
 def test_together_sdk_errors(together_client: together.Together) -> None:
     with pytest.raises(together.BadRequestError) as info:
         together_client.images.generate(
-            model="tiny-sdxl", prompt="x", image_url="https://example.com/cat.png"
+            model="tiny-sdxl", prompt="x", image_url="http://169.254.169.254/latest/meta-data/"
         )
-    assert "image-to-image" in str(info.value) and "image_url" in str(info.value)
+    assert "image_url" in str(info.value) and "private" in str(info.value)
     with pytest.raises(together.BadRequestError, match="image_loras"):
         together_client.images.generate(
             model="tiny-sdxl", prompt="x", image_loras=[{"path": "https://x/l", "scale": 1.0}]

@@ -83,7 +83,7 @@ def test_fields_map_onto_the_job() -> None:
         ({"output_format": "webp"}, "output_format"),
         ({"response_format": "png"}, "response_format"),
         ({"guidance": 2.0, "guidance_scale": 3.0}, None),
-        ({"image_url": "https://example.com/a.png"}, "image_url"),
+        ({"strength": 0}, "strength"),
         ({"image_loras": [{"path": "https://x/lora", "scale": 1.0}]}, "image_loras"),
         ({"reference_images": ["https://example.com/a.png"]}, "reference_images"),
         ({"seed": -1}, "seed"),
@@ -96,9 +96,10 @@ def test_bad_input_is_a_400_naming_the_parameter(body: dict[str, Any], param: st
     assert info.value.body()["error"]["type"] == "invalid_request_error"
 
 
-def test_image_url_error_says_image_to_image_is_not_available_yet() -> None:
-    with pytest.raises(APIError, match="image-to-image"):
-        translate(image_url="https://example.com/a.png")
+def test_image_url_and_strength_are_handed_to_the_route() -> None:
+    req = together.parse({"prompt": "x", "image_url": "https://example.com/a.png", "strength": 0.3})
+    assert together.DIALECT.image_url(req) == "https://example.com/a.png"
+    assert together.DIALECT.strength(req) == 0.3
 
 
 def test_response_shape() -> None:

@@ -1,0 +1,120 @@
+"""AUTOMATIC1111 ``POST /sdapi/v1/img2img``: txt2img's fields plus init images and a mask.
+
+``init_images`` are base64 strings (bare, or ``data:image/...;base64,`` URLs, as A1111
+accepts); only the first is used, as A1111 does without scripts. ``mask`` is
+A1111's: white repaints, black keeps (``inpainting_mask_invert: 1`` swaps them).
+Output size is ``width`` x ``height``; the init image is stretched to it (A1111's
+``resize_mode`` 0, "Just resize"). ``denoising_strength`` is diffusers' ``strength``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from serve_app.config import ImageInputConfig, ModelConfig
+from serve_app.dialects import a1111
+from serve_app.dialects.common import unsupported, validate
+from serve_app.errors import invalid
+from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
+from serve_app.uploads import decode_image, mask_from_luminance, with_init_image
+
+# A1111 img2img fields accepted and ignored: this server pastes the original back
+# outside the mask exactly and always repaints at the full image.
+IGNORED_FIELDS = (
+    "mask_blur",
+    "mask_blur_x",
+    "mask_blur_y",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "initial_noise_multiplier",
+    "image_cfg_scale",
+    "mask_round",
+    "latent_mask",
+)
+
+
+class Img2ImgRequest(a1111.Txt2ImgRequest):
+    """A1111's ``StableDiffusionImg2ImgProcessingAPI`` (the fields that change the images)."""
+
+    init_images: list[str] = Field(min_length=1)
+    mask: str | None = None
+    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
+    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
+    resize_mode: int = Field(default=0, ge=0, le=3)
+    include_init_images: bool = False
+
+
+def parse(body: Any) -> Img2ImgRequest:
+    return validate(Img2ImgRequest, body, kind="unprocessable")
+
+
+def decode_b64(value: str, param: str) -> bytes:
+    """A1111's ``decode_base64_to_image`` input: bare base64 or a base64 data URL."""
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if ";base64" not in header:
+            raise invalid(f"'{param}' data: URL must be base64-encoded.", param, "invalid_image")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"'{param}' is not valid base64.", param, "invalid_image") from None
+
+
+def to_job(
+    req: Img2ImgRequest, model: ModelConfig, request_id: str, limits: ImageInputConfig
+) -> tuple[GenerationJob, EncodeSpec]:
+    """Decode and check the images, then build the img2img / inpaint job and its spec."""
+    if req.resize_mode != 0:
+        raise unsupported(
+            "resize_mode", "Only resize_mode 0 (just resize) is supported by this server."
+        )
+    if len(req.init_images) > limits.max_input_images:
+        raise invalid(
+            f"{len(req.init_images)} init_images sent; at most {limits.max_input_images}.",
+            "init_images",
+            "too_many_images",
+        )
+    job = a1111.to_job(req, model, request_id)  # logs the ignored fields, IGNORED_FIELDS too
+    images = [
+        decode_image(decode_b64(data, f"init_images[{i}]"), f"init_images[{i}]", limits)
+        for i, data in enumerate(req.init_images)
+    ]
+    mask = None
+    if req.mask:
+        decoded = decode_image(decode_b64(req.mask, "mask"), "mask", limits)
+        mask = mask_from_luminance(decoded, images[0], invert=req.inpainting_mask_invert == 1)
+    job, overlay = with_init_image(
+        job, images[0], req.denoising_strength, mask, (req.width, req.height), "denoising_strength"
+    )
+    spec = EncodeSpec(
+        request_id=request_id,
+        width=req.width,
+        height=req.height,
+        output_format="png",
+        compression=None,
+        response_format="b64_json",
+        overlay=overlay,
+    )
+    return job, spec
+
+
+def build_response(
+    req: Img2ImgRequest, model: ModelConfig, job: GenerationJob, images: Sequence[EncodedImage]
+) -> dict[str, Any]:
+    """A1111's response; ``parameters`` echoes the images only with ``include_init_images``."""
+    response = a1111.build_response(req, model, job, images)
+    info = json.loads(response["info"])
+    info["denoising_strength"] = req.denoising_strength
+    info["is_using_inpainting_conditioning"] = False
+    response["info"] = json.dumps(info)
+    if not req.include_init_images:
+        response["parameters"]["init_images"] = None
+        response["parameters"]["mask"] = None
+    return response
