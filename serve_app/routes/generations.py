@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from serve_app import limits
 from serve_app.dialects import REGISTRY
 from serve_app.dialects.detect import detect
 from serve_app.http import api_endpoint, read_json, request_id_of
@@ -39,6 +40,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             DIALECT_RESPONSE_HEADER: dialect.name,
         }
         if dialect.wants_stream(req):
+            limits.check_job(model, job, spec)
             events = generation_events(ingress, model, req, job, spec)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
