@@ -53,7 +53,9 @@ def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
         "max_ongoing_requests": 512,
-        "max_queued_requests": 64,
+        # Above the storm's 200: the proxy's router counts a burst as queued until it
+        # assigns it, and past this it sheds with a plain-text 503 (Ray's body).
+        "max_queued_requests": 256,
         "backpressure_config": {"status_code": 503, "retry_after_s": 2},
         "ray_actor_options": {"num_cpus": 0.05},
     }
