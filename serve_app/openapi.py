@@ -83,6 +83,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 }
 OPEN_OPERATIONS = ("/health", "/ready", OPENAPI_PATH, "/sdapi/", "/v1/images/files/")
 ERROR_STATUSES = ("400", "401", "403", "404", "405", "413", "422", "429", "503", "504")
+# One server-sent event: its name and its JSON data (a partial or completed image, or
+# an ``error`` with the OpenAI error object).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["event", "data"],
+}
 A1111_ERROR = {
     "type": "object",
     "properties": {
@@ -149,7 +156,7 @@ def _operation(
         body = _ref(op.response, schemas) if op and op.response else {}
         ok["content"] = {"application/json": {"schema": body}}
         if op is not None and op.streams:
-            ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+            ok["content"]["text/event-stream"] = {"schema": SSE_EVENT}
     operation: dict[str, Any] = {
         "summary": op.summary if op else f"{method} {path}",
         "parameters": params + query,
