@@ -18,12 +18,14 @@ from deployments.metrics import EncoderMetrics
 from deployments.storage import make_store, output_key
 from serve_app.config import StorageConfig
 from serve_app.job import EncodedImage, EncodeSpec
+from serve_app.request_context import install_log_context
 
 
 class Encoder:
     """CPU-only; scales with request rate and bytes, independently of the GPUs."""
 
     def __init__(self, storage: StorageConfig | dict[str, Any], signing_key: str) -> None:
+        install_log_context()
         self.config = StorageConfig.model_validate(storage)
         self.store = make_store(self.config, signing_key)
         self.metrics = EncoderMetrics()

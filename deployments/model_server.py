@@ -37,6 +37,7 @@ from deployments.metrics import ModelMetrics
 from deployments.stepping import Submission, run_groups
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.job import BatchStats, GenerationJob, ImageEvent
+from serve_app.request_context import install_log_context
 
 logger = logging.getLogger("imagegen.model")
 
@@ -49,6 +50,7 @@ class ModelServer:
     def __init__(
         self, config: ModelConfig | dict[str, Any], engine_factory: EngineFactory | None = None
     ) -> None:
+        install_log_context()
         self.config = ModelConfig.model_validate(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._stats = BatchStats()

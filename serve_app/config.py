@@ -29,6 +29,11 @@ class DeploymentOptions(StrictModel):
     max_queued_requests: int | None = Field(default=None, ge=-1)
     ray_actor_options: dict[str, Any] | None = None
     health_check_period_s: float | None = Field(default=None, gt=0)
+    backpressure_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Serve's answer when max_queued_requests is full and the proxy "
+        "rejects (the ingress): {status_code: 503 | 429, retry_after_s}.",
+    )
     graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
 
     @field_validator("autoscaling_config")
@@ -47,6 +52,15 @@ class DeploymentOptions(StrictModel):
                 f"autoscaling_config min_replicas ({parsed.min_replicas}) is greater "
                 f"than max_replicas ({parsed.max_replicas})"
             )
+        return value
+
+    @field_validator("backpressure_config")
+    @classmethod
+    def _check_backpressure(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from ray.serve.config import BackpressureConfig
+
+            BackpressureConfig(**value)  # forbids unknown keys, checks the status code
         return value
 
     @model_validator(mode="after")
@@ -143,6 +157,11 @@ class ModelConfig(StrictModel):
         description="Cap on width*height for free sizes (Together, A1111): 2 MP by default.",
     )
     max_side: int = Field(default=2048, ge=64, description="Cap on either side of a free size.")
+    max_pixels_per_request: int = Field(
+        default=20_971_520,
+        ge=64 * 64,
+        description="Cap on n * width * height of the output images of one request.",
+    )
     warmup: bool = True
     cold_start_retry_after_s: int = Field(
         default=10,
@@ -293,12 +312,42 @@ class StorageConfig(StrictModel):
         return self
 
 
+class ApiKeysConfig(StrictModel):
+    """Bearer API keys for the OpenAI-style routes (``serve_app/auth.py``).
+
+    Keys are read from ``keys_env`` (comma-separated) or ``keys_file`` (a mounted
+    secret: one key per line, ``#`` comments). No keys found: auth is off, unless
+    ``required``, which makes a missing key a startup error.
+    """
+
+    keys_env: str | None = Field(
+        default="IMAGEGEN_API_KEYS",
+        description="Environment variable with comma-separated keys. Unset or empty: no auth.",
+    )
+    keys_file: str | None = Field(default=None, description="A file with one key per line.")
+    required: bool = Field(default=False, description="Refuse to start without any key.")
+
+
+class CorsConfig(StrictModel):
+    """Cross-origin requests from browsers; off (no CORS headers) while allow_origins is empty."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE"])
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-request-id"]
+    )
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=600, ge=0)
+
+
 class IngressConfig(StrictModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     request_timeout_s: float = Field(default=300.0, gt=0)
     public_base_url: str | None = Field(
         default=None, description="Base for image URLs; defaults to the request's own host."
     )
+    api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
     )

@@ -191,6 +191,17 @@ def from_exception(exc: BaseException, request_id: str) -> APIError:
             code="unavailable",
             headers={"retry-after": "5"},
         )
+    if isinstance(exc, ray_exc.RayActorError):
+        # A replica died while it held this request (killed, OOM, node lost). The
+        # request is not retried here (it may have half-run); Serve replaces the
+        # replica, and the client's retry lands on a healthy one.
+        logger.warning("request %s: a replica died while serving it", request_id)
+        return APIError(
+            "unavailable",
+            "A replica serving this request stopped before it finished; retry shortly.",
+            code="replica_failed",
+            headers={"retry-after": "5"},
+        )
     if isinstance(exc, StorageUnavailable):
         logger.error("request %s: image store failed", request_id, exc_info=exc)
         return APIError(

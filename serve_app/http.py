@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -13,19 +11,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serve_app import limits
 from serve_app.errors import APIError, from_exception, invalid
+from serve_app.request_context import new_request_id, sane_request_id
 
 logger = logging.getLogger("imagegen.http")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_SCOPE_KEY = "imagegen.request_id"
 
 
 def request_id_of(request: Request) -> str:
-    """The id Serve's proxy assigned (it also echoes it in ``X-Request-ID``)."""
-    rid = request.headers.get(REQUEST_ID_HEADER)
+    """The request's id: set by ``serve_app.middleware`` (the proxy's ``X-Request-ID``
+    when sane, see ``serve_app.request_context``), else a fresh one."""
+    rid = request.scope.get(REQUEST_ID_SCOPE_KEY)
     if rid is None:
-        rid = request.scope.setdefault("imagegen.request_id", uuid.uuid4().hex)
+        rid = sane_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
+        request.scope[REQUEST_ID_SCOPE_KEY] = rid
     return rid
 
 
@@ -84,24 +87,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(
-        "payload_too_large",
-        f"Request body exceeds the limit of {limit} bytes.",
-        code="request_too_large",
-    )
+    return limits.too_large(limit)
 
 
 async def read_json(request: Request, limit: int) -> Any:
+    """The body as strict JSON (``serve_app.limits.parse_json``), within ``limit`` bytes."""
     body = await read_body(request, limit)
     if not body:
         raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(
-            f"We could not parse the JSON body of your request: {exc.args[0]}.",
-            code="invalid_json",
-        ) from None
+    return limits.parse_json(body)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:

@@ -19,11 +19,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from deployments.storage import make_store, start_expiry
+from serve_app import limits
+from serve_app.auth import ApiKeys, load_keys
 from serve_app.config import ImageServingArgs, ModelConfig
 from serve_app.errors import APIError, is_backpressure, model_starting
 from serve_app.http import http_exception_handler
 from serve_app.image_catalog import ImageCatalog
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
+from serve_app.middleware import ingress_middleware
+from serve_app.request_context import install_log_context
 
 logger = logging.getLogger("imagegen.ingress")
 
@@ -56,6 +60,10 @@ class Ingress:
         self.started = int(time.time())
         self._count_replicas = running_replicas or serve_running_replicas
         self._replica_counts: dict[str, tuple[float, int]] = {}
+        install_log_context()
+        # A missing required key stops the deployment here, at startup.
+        self.api_keys = ApiKeys(load_keys(self.args.ingress.api_keys))
+        logger.info("API keys %s", "on" if self.api_keys.enabled else "off")
 
     def __del__(self) -> None:
         sweeper = getattr(self, "sweeper", None)
@@ -63,10 +71,14 @@ class Ingress:
             sweeper.stop()
 
     def __serve_build_asgi_app__(self) -> Starlette:
+        from serve_app.openapi import openapi_route
         from serve_app.routes import all_routes
 
+        routes = all_routes(self)
         return Starlette(
-            routes=all_routes(self), exception_handlers={HTTPException: http_exception_handler}
+            routes=[*routes, openapi_route(routes)],
+            middleware=ingress_middleware(self.args.ingress, self.args.images, self.api_keys),
+            exception_handlers={HTTPException: http_exception_handler},
         )
 
     def resolve_model(self, name: str | None) -> ModelConfig:
@@ -90,6 +102,7 @@ class Ingress:
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec
     ) -> list[EncodedImage]:
         """Generate on the model deployment, encode on the encoder, within the deadline."""
+        limits.check_job(model, job, spec)
         pixels = self.models[model.id].generate.remote(job)
         encoded = self.encoder.encode.remote(pixels, spec)
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from serve_app import limits
 from serve_app.config import ModelConfig
 from serve_app.errors import check_image_count, from_validation_error, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
@@ -49,22 +50,16 @@ def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:
             param="background",
             code="unsupported_value",
         )
-    if req.n > model.max_images_per_request:
-        raise invalid(
-            f"n={req.n} exceeds this model's limit of {model.max_images_per_request} images.",
-            param="n",
-        )
-    if len(req.prompt) > model.max_prompt_chars:
-        raise invalid(
-            f"prompt is {len(req.prompt)} characters; the limit is {model.max_prompt_chars}.",
-            param="prompt",
-        )
-    if req.num_inference_steps is not None and req.num_inference_steps > model.max_steps:
-        raise invalid(
-            f"num_inference_steps={req.num_inference_steps} exceeds this model's limit "
-            f"of {model.max_steps}.",
-            param="num_inference_steps",
-        )
+    limits.check_request(
+        model,
+        n=req.n,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        steps=req.num_inference_steps or model.default_steps,
+        steps_param="num_inference_steps",
+    )
+    width, height = parse_size(req.size)
+    limits.check_pixels(model, req.n, width, height, "n")
 
 
 def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from serve_app import limits
 from serve_app.config import ModelConfig
 from serve_app.errors import APIError, ErrorKind, from_validation_error, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
@@ -69,24 +70,25 @@ def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request"
 
 
 def check_limits(
-    model: ModelConfig, *, n: int, prompt: str, steps: int, steps_param: str, n_param: str = "n"
+    model: ModelConfig,
+    *,
+    n: int,
+    prompt: str,
+    steps: int,
+    steps_param: str,
+    n_param: str = "n",
+    negative_prompt: str | None = None,
 ) -> None:
-    """Limits every dialect shares; they depend on the chosen model."""
-    if n > model.max_images_per_request:
-        raise invalid(
-            f"{n_param}={n} exceeds this model's limit of {model.max_images_per_request} images.",
-            param=n_param,
-        )
-    if len(prompt) > model.max_prompt_chars:
-        raise invalid(
-            f"prompt is {len(prompt)} characters; the limit is {model.max_prompt_chars}.",
-            param="prompt",
-        )
-    if steps > model.max_steps:
-        raise invalid(
-            f"{steps_param}={steps} exceeds this model's limit of {model.max_steps}.",
-            param=steps_param,
-        )
+    """Limits every dialect shares (they depend on the chosen model): see ``serve_app.limits``."""
+    limits.check_request(
+        model,
+        n=n,
+        prompt=prompt,
+        steps=steps,
+        steps_param=steps_param,
+        n_param=n_param,
+        negative_prompt=negative_prompt,
+    )
 
 
 def free_size(

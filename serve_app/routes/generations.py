@@ -17,6 +17,7 @@ from serve_app.dialects import REGISTRY
 from serve_app.dialects.detect import detect
 from serve_app.fetch import ImageFetcher, load_url_image
 from serve_app.http import api_endpoint, read_json, request_id_of
+from serve_app.limits import check_job
 from serve_app.streaming import SSE_HEADERS, generation_events
 from serve_app.uploads import with_init_image
 
@@ -50,6 +51,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         }
         fmt = dialect.stream_format(req, model, job, spec)
         if fmt is not None:
+            check_job(model, job, spec)
             events = generation_events(ingress, model, job, spec, fmt)
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}

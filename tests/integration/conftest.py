@@ -7,10 +7,12 @@ Deployments take fractional CPUs so everything fits on 2 cores.
 Apps share the one Ray instance: ``imagegen`` at ``/`` with fixed replica counts
 and a local image folder (most tests); ``scaling`` at ``/scaling``, deployed only
 when a test asks for it, with autoscaling on short delays (autoscaling and
-scale-to-zero tests); and ``imagegen-s3`` at ``/s3``, also on demand, the same
-``build_app`` with ``storage.kind: s3`` pointed at the suite's moto_server (its
-replicas get the S3 credentials from the environment they inherit, as pods get
-them from a secret).
+scale-to-zero tests); ``imagegen-hardened`` at ``/hardened`` (see
+``tests/integration/hardened.py``: API keys on, a tiny model queue for the load
+test, CORS on, cheap limits for schemathesis); and ``imagegen-s3`` at ``/s3``,
+also on demand, the same ``build_app`` with ``storage.kind: s3`` pointed at the
+suite's moto_server (its replicas get the S3 credentials from the environment they
+inherit, as pods get them from a secret).
 """
 
 from __future__ import annotations
@@ -168,6 +170,22 @@ def base_url(ray_serve: int, image_dir: str, a1111_auth_file: str) -> str:
     app = build_app(app_args_for_tests(image_dir, a1111_auth_file))
     serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://127.0.0.1:{ray_serve}"
+
+
+@pytest.fixture(scope="session")
+def hardened_url(ray_serve: int, image_dir: str, base_url: str) -> Iterator[str]:
+    """The ``imagegen-hardened`` app; deleted at the end of the session."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from tests.integration.hardened import HARDENED_APP, HARDENED_PREFIX, hardened_args
+
+    secret_dir = tempfile.mkdtemp(prefix="imagegen-keys-")
+    args = hardened_args(app_args_for_tests(image_dir), secret_dir)
+    serve.run(build_app(args), name=HARDENED_APP, route_prefix=HARDENED_PREFIX)
+    yield f"http://127.0.0.1:{ray_serve}{HARDENED_PREFIX}"
+    serve.delete(HARDENED_APP)
+    shutil.rmtree(secret_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
