@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from serve_app import limits
 from serve_app.auth import ApiKeys, key_owner, load_keys, needs_api_key, parse_keys
-from serve_app.config import ApiKeysConfig, IngressConfig, ModelConfig
+from serve_app.config import ApiKeysConfig, ImageInputConfig, IngressConfig, ModelConfig
 from serve_app.errors import APIError
 from serve_app.http import OWNER_SCOPE_KEY, api_endpoint, read_json, request_id_of
 from serve_app.middleware import ingress_middleware
@@ -40,7 +40,10 @@ def make_client(keys: list[str] | None = None, **config: object) -> TestClient:
         Route("/v1/boom", boom, methods=["GET"]),
         Route("/health", lambda r: JSONResponse({"status": "ok"}), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, middleware=ingress_middleware(ingress, ApiKeys(keys or [])))
+    app = Starlette(
+        routes=routes,
+        middleware=ingress_middleware(ingress, ImageInputConfig(), ApiKeys(keys or [])),
+    )
     return TestClient(app, raise_server_exceptions=False)
 
 
@@ -199,3 +202,14 @@ def test_openapi_document_from_routes() -> None:
     new = document["paths"]["/v1/new/{thing}"]["get"]
     assert new["parameters"][0]["name"] == "thing" and "400" in new["responses"]
     assert new["security"] == [{"apiKey": []}]
+
+
+def test_uploads_get_the_upload_limit_everything_else_the_body_limit() -> None:
+    ingress, images = IngressConfig(max_body_bytes=4096), ImageInputConfig(max_upload_bytes=8192)
+    multipart = "multipart/form-data; boundary=x"
+    assert limits.body_limit(ingress, images, "/v1/images/edits", multipart) == limits.BodyLimit(
+        8192, "images.max_upload_bytes"
+    )
+    assert limits.body_limit(ingress, images, "/sdapi/v1/img2img", "application/json").bytes == 8192
+    plain = limits.body_limit(ingress, images, "/v1/images/generations", "application/json")
+    assert plain == limits.BodyLimit(4096, "ingress.max_body_bytes")
