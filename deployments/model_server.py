@@ -58,6 +58,7 @@ class ModelServer:
         self._gate_closed = False
         self._gate_open = asyncio.Event()
         self._running = False
+        self._waiting = 0
         # Built per instance (not a class-level decorator) so each server owns its
         # batch queue, bound to the event loop it runs on.
         self._generate_batch = serve.batch(
@@ -123,8 +124,9 @@ class ModelServer:
             yield event
 
     def stats(self) -> dict[str, Any]:
-        """Batch counters of this replica (batch sizes count images)."""
-        return asdict(self._stats)
+        """Batch counters of this replica (batch sizes count images), and how many
+        requests wait at the admission gate for the running batch right now."""
+        return {**asdict(self._stats), "waiting_requests": self._waiting}
 
     def ready(self) -> bool:
         return True
@@ -133,7 +135,11 @@ class ModelServer:
 
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._gate_closed:
-            await self._gate_open.wait()
+            self._waiting += 1
+            try:
+                await self._gate_open.wait()
+            finally:
+                self._waiting -= 1
         # The first request through closes the gate; requests released together
         # by the same opening all enter the batch queue before the batch loop
         # runs again (their pump tasks run in order, ahead of its wake-up).

@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.encoder import Encoder
+from deployments.engine import EngineFactory
 from deployments.model_server import ModelServer
 from serve_app.config import ImageServingArgs
 from serve_app.ingress import Ingress
@@ -37,7 +38,11 @@ def url_signing_key() -> str:
     return secrets.token_hex(32)
 
 
-def build_app(args: ImageServingArgs | dict[str, Any]) -> Application:
+def build_app(
+    args: ImageServingArgs | dict[str, Any], engine_factory: EngineFactory | None = None
+) -> Application:
+    """The whole app from its args. ``engine_factory`` replaces the diffusers engine in
+    every model deployment (tests inject faults through it; ``serve run`` never sets it)."""
     config = ImageServingArgs.model_validate(args)
     signing_key = url_signing_key()
     models = {}
@@ -52,7 +57,7 @@ def build_app(args: ImageServingArgs | dict[str, Any]) -> Application:
                 max_ongoing_requests=4 * model.batching.max_batch_size,
             ),
         )
-        models[model.id] = deployment.bind(model.model_dump(mode="json"))
+        models[model.id] = deployment.bind(model.model_dump(mode="json"), engine_factory)
     encoder = (
         serve.deployment(Encoder)
         .options(name="Encoder", **config.encoder.deployment.to_serve_options())

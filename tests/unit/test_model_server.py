@@ -119,8 +119,10 @@ async def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
         asyncio.create_task(server.generate(job(f"r{i}", 10 * i, 10 * i + 1))) for i in range(1, 8)
     ]
     await asyncio.sleep(0.05)
+    assert server.stats()["waiting_requests"] == 7  # held at the gate
     release.set()
     outs = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert server.stats()["waiting_requests"] == 0
     assert seeds_of(outs[0]) == [1]
     for i, out in enumerate(outs[1:], start=1):
         assert seeds_of(out) == [10 * i, 10 * i + 1]
