@@ -2,7 +2,8 @@
 
 On a small CPU box the served model call is slower than the same call in a bare
 process. This separates the serving path from the machine: it times the raw
-pipeline at batch 1 in a fresh process alone, then beside this project's app
+pipeline at batch 1 (and the server's own ``engine.generate`` path, interleaved) in
+a fresh process alone, then beside this project's app
 started and left idle (one replica per deployment, no requests), then alone
 again, and samples the idle app's own CPU use.
 
@@ -30,8 +31,10 @@ def machine_busy() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-def raw_calls(calls: int) -> list[float]:
-    """Batch-1 pipeline call times (ms) in a fresh process (one warm-up call excluded)."""
+def raw_calls(calls: int) -> dict[str, list[float]]:
+    """Batch-1 call times (ms) in a fresh process, one warm-up call excluded: the bare
+    ``pipe(...)`` (``raw``) and the server's own ``engine.generate`` (``engine``),
+    interleaved so both see the same machine."""
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.shared_machine", "--child", str(calls)],
         capture_output=True,
@@ -45,8 +48,10 @@ def raw_calls(calls: int) -> list[float]:
 def child(calls: int) -> None:
     import torch
 
+    from deployments.batching import group_jobs
     from deployments.engine import DiffusersEngine
     from serve_app.config import ModelConfig
+    from serve_app.job import GenerationJob
 
     model = model_config(ROOT / "serve_config.yaml")
     config = ModelConfig.model_validate({**model, "warmup": False})
@@ -65,12 +70,26 @@ def child(calls: int) -> None:
                 output_type="np",
             )
 
-    call()
-    times = []
+    job = GenerationJob(
+        request_id="bench",
+        prompt="a lighthouse",
+        negative_prompt=None,
+        seeds=(0,),
+        gen_width=width,
+        gen_height=height,
+        steps=config.default_steps,
+        guidance=config.default_guidance,
+    )
+    group = group_jobs([job])[0]
+    paths = {"raw": call, "engine": lambda: engine.generate(group)}
+    for path in paths.values():
+        path()
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
+        for name, path in paths.items():
+            start = time.perf_counter()
+            path()
+            times[name].append((time.perf_counter() - start) * 1000)
     print(json.dumps(times))
 
 
@@ -94,9 +113,14 @@ def main() -> None:
         rows.append(("beside the idle app", raw_calls(args.calls)))
     rows.append(("alone again", raw_calls(args.calls)))
     print(f"idle app and machine background: {idle_app:.1f}% of one core")
-    print("| raw pipeline, batch 1 | median ms | min ms |\n|---|---|---|")
+    print("| batch 1 | raw `pipe(...)` median ms | min ms | `engine.generate` median ms |")
+    print("|---|---|---|---|")
     for name, times in rows:
-        print(f"| {name} | {statistics.median(times):.1f} | {min(times):.1f} |")
+        raw, engine = times["raw"], times["engine"]
+        print(
+            f"| {name} | {statistics.median(raw):.1f} | {min(raw):.1f} "
+            f"| {statistics.median(engine):.1f} |"
+        )
 
 
 if __name__ == "__main__":
