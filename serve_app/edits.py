@@ -13,7 +13,6 @@ variations 0.6). ``input_fidelity: low`` is the default.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -22,20 +21,15 @@ from pydantic import Field, model_validator
 
 from serve_app.config import ImageInputConfig, ModelConfig
 from serve_app.dialects.common import free_size, validate
-from serve_app.errors import check_image_count, invalid
+from serve_app.errors import invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, Overlay, assign_seeds
-from serve_app.openai_images import check_against_model
+from serve_app.openai_images import check_against_model, images_response
 from serve_app.protocol import (
     IGNORED_OPENAI_FIELDS,
     MAX_SEED,
     OPENAI_SIZES,
-    ImageData,
     ImageGenerateRequest,
-    ImagesResponse,
-    LenientModel,
-    OutputFormat,
-    ResponseFormat,
-    dump,
+    OpenAIImageParams,
 )
 from serve_app.sizes import parse_size
 from serve_app.uploads import InputImage, mask_from_alpha, with_init_image
@@ -48,29 +42,13 @@ AUTO_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 FILE_FIELDS = ("image", "image[]", "mask")
 
 
-class ImageEditRequest(LenientModel):
+class ImageEditRequest(OpenAIImageParams):
     """The form fields of an edit (files apart); also variations, with ``prompt`` empty."""
 
     prompt: str = Field(default="", description="What to change; required for edits.")
-    model: str | None = None
-    n: int = Field(default=1, ge=1, le=10)
     size: str = Field(default="auto", description="auto, an OpenAI size, or a free WxH.")
-    response_format: ResponseFormat = "b64_json"
-    output_format: OutputFormat = "png"
-    output_compression: int | None = Field(default=None, ge=0, le=100)
-    background: Literal["transparent", "opaque", "auto"] = "auto"
     input_fidelity: Literal["high", "low"] | None = None
-    quality: str | None = None
-    style: str | None = None
-    moderation: str | None = None
-    user: str | None = None
-    stream: bool = False
-    partial_images: int | None = Field(default=None, ge=0, le=3)
-    # Extensions.
-    negative_prompt: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    num_inference_steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    # Extension: img2img strength (overrides input_fidelity and the configured default).
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
@@ -199,16 +177,5 @@ def to_encode_spec(
 def build_response(
     req: ImageEditRequest, spec: EncodeSpec, seeds: Sequence[int], images: Sequence[EncodedImage]
 ) -> dict[str, Any]:
-    check_image_count(len(images), len(seeds))
-    response = ImagesResponse(
-        created=int(time.time()),
-        data=[
-            ImageData(b64_json=img.b64_json, url=img.url, seed=seed)
-            for img, seed in zip(images, seeds, strict=True)
-        ],
-        background="opaque",
-        output_format=req.output_format,
-        quality=req.quality,
-        size=f"{spec.width}x{spec.height}",
-    )
-    return dump(response)
+    size = f"{spec.width}x{spec.height}"
+    return images_response(req.output_format, req.quality, size, seeds, images)

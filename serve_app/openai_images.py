@@ -100,8 +100,19 @@ def to_encode_spec(req: ImageGenerateRequest, request_id: str, base_url: str | N
 def build_response(
     req: ImageGenerateRequest, seeds: Sequence[int], images: Sequence[EncodedImage]
 ) -> dict[str, Any]:
-    check_image_count(len(images), len(seeds))
     width, height = parse_size(req.size)
+    return images_response(req.output_format, req.quality, f"{width}x{height}", seeds, images)
+
+
+def images_response(
+    output_format: str,
+    quality: str | None,
+    size: str,
+    seeds: Sequence[int],
+    images: Sequence[EncodedImage],
+) -> dict[str, Any]:
+    """OpenAI's ``ImagesResponse`` body (generations and edits), one item per image."""
+    check_image_count(len(images), len(seeds))
     response = ImagesResponse(
         created=int(time.time()),
         data=[
@@ -109,8 +120,8 @@ def build_response(
             for img, seed in zip(images, seeds, strict=True)
         ],
         background="opaque",
-        output_format=req.output_format,
-        quality=req.quality,
-        size=f"{width}x{height}",
+        output_format=output_format,
+        quality=quality,
+        size=size,
     )
     return dump(response)

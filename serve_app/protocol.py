@@ -49,15 +49,13 @@ class LenientModel(BaseModel):
         return sorted((self.model_extra or {}).keys())
 
 
-class ImageGenerateRequest(LenientModel):
-    """``POST /v1/images/generations``: OpenAI ``ImageGenerateParams`` plus extensions."""
+class OpenAIImageParams(LenientModel):
+    """What OpenAI's generate and edit requests share, plus our diffusion extensions."""
 
-    prompt: str = Field(min_length=1, description="What to draw.")
     model: str | None = Field(
         default=None, description="Model id or alias; default model if unset."
     )
     n: int = Field(default=1, ge=1, le=10, description="Number of images, 1-10.")
-    size: ImageSize = Field(default="auto", description="Output size; 'auto' is 1024x1024.")
     response_format: ResponseFormat = "b64_json"
     output_format: OutputFormat = "png"
     output_compression: int | None = Field(default=None, ge=0, le=100)
@@ -73,6 +71,13 @@ class ImageGenerateRequest(LenientModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+
+
+class ImageGenerateRequest(OpenAIImageParams):
+    """``POST /v1/images/generations``: OpenAI ``ImageGenerateParams`` plus extensions."""
+
+    prompt: str = Field(min_length=1, description="What to draw.")
+    size: ImageSize = Field(default="auto", description="Output size; 'auto' is 1024x1024.")
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ImageGenerateRequest:

@@ -19,10 +19,11 @@ from typing import Any
 from pydantic import Field
 
 from serve_app.config import ModelConfig
-from serve_app.dialects.common import check_limits, free_size, log_ignored, unsupported, validate
+from serve_app.dialects.common import free_size, log_ignored, unsupported, validate
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.errors import APIError, check_image_count
 from serve_app.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
@@ -137,7 +138,7 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
     _check_unsupported(req)
     n = req.batch_size * req.n_iter
     steps = req.steps or model.default_steps
-    check_limits(
+    check_request(
         model, n=n, prompt=req.prompt, steps=steps, steps_param="steps", n_param="batch_size"
     )
     scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import Field
@@ -93,16 +94,7 @@ def to_job(
     job, overlay = with_init_image(
         job, images[0], req.denoising_strength, mask, (req.width, req.height), "denoising_strength"
     )
-    spec = EncodeSpec(
-        request_id=request_id,
-        width=req.width,
-        height=req.height,
-        output_format="png",
-        compression=None,
-        response_format="b64_json",
-        overlay=overlay,
-    )
-    return job, spec
+    return job, replace(a1111.to_encode_spec(req, request_id), overlay=overlay)
 
 
 def build_response(

@@ -1,4 +1,4 @@
-"""What every dialect shares: validation into a model, limits, free sizes, the dialect record.
+"""What every dialect shares: validation into a model, free sizes, the dialect record.
 
 A dialect only translates: a request body into the canonical :class:`GenerationJob`
 and :class:`EncodeSpec`, and the encoded images back into its response shape.
@@ -14,7 +14,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from serve_app import limits
 from serve_app.config import ModelConfig
 from serve_app.errors import APIError, ErrorKind, from_validation_error, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
@@ -67,28 +66,6 @@ def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request"
     except ValidationError as exc:
         err = from_validation_error(exc)
         raise APIError(kind, err.message, param=err.param, code=err.code) from None
-
-
-def check_limits(
-    model: ModelConfig,
-    *,
-    n: int,
-    prompt: str,
-    steps: int,
-    steps_param: str,
-    n_param: str = "n",
-    negative_prompt: str | None = None,
-) -> None:
-    """Limits every dialect shares (they depend on the chosen model): see ``serve_app.limits``."""
-    limits.check_request(
-        model,
-        n=n,
-        prompt=prompt,
-        steps=steps,
-        steps_param=steps_param,
-        n_param=n_param,
-        negative_prompt=negative_prompt,
-    )
 
 
 def free_size(

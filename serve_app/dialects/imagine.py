@@ -33,7 +33,6 @@ from pydantic import Field, field_validator, model_validator
 from serve_app.config import ModelConfig
 from serve_app.dialects.common import (
     Dialect,
-    check_limits,
     default_steps,
     free_size,
     log_ignored,
@@ -41,6 +40,7 @@ from serve_app.dialects.common import (
 )
 from serve_app.errors import APIError, check_image_count, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, ImageEvent, assign_seeds
+from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel
 from serve_app.streaming import sse
 
@@ -105,7 +105,7 @@ def parse(body: Any) -> ImagineImageRequest:
 
 def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
     steps = req.num_inference_steps or default_steps(model, IMAGINE_DEFAULT_STEPS)
-    check_limits(
+    check_request(
         model, n=req.images, prompt=req.prompt, steps=steps, steps_param="num_inference_steps"
     )
     if req.cache_interval is not None and req.cache_interval > steps:

@@ -16,7 +16,6 @@ from pydantic import Field, model_validator
 from serve_app.config import ModelConfig
 from serve_app.dialects.common import (
     Dialect,
-    check_limits,
     default_steps,
     free_size,
     log_ignored,
@@ -25,6 +24,7 @@ from serve_app.dialects.common import (
 )
 from serve_app.errors import check_image_count
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel
 
 TOGETHER_DEFAULT_STEPS = 20
@@ -108,7 +108,7 @@ def _check_unsupported(req: TogetherImageRequest) -> None:
 def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
     _check_unsupported(req)
     steps = req.steps if req.steps is not None else default_steps(model, TOGETHER_DEFAULT_STEPS)
-    check_limits(model, n=req.n, prompt=req.prompt, steps=steps, steps_param="steps")
+    check_request(model, n=req.n, prompt=req.prompt, steps=steps, steps_param="steps")
     gen_w, gen_h = free_size(model, req.width, req.height)
     ignored = [f for f in IGNORED_FIELDS if getattr(req, f) is not None]
     log_ignored(request_id, "together", ignored + req.unknown_fields())
