@@ -38,11 +38,17 @@ def url_signing_key() -> str:
     return secrets.token_hex(32)
 
 
-def build_app(
-    args: ImageServingArgs | dict[str, Any], engine_factory: EngineFactory | None = None
+def build_app(args: ImageServingArgs | dict[str, Any]) -> Application:
+    """The whole app from its args: what ``serve run`` calls (a Serve application
+    builder must take exactly one parameter)."""
+    return build_app_with_engine(args, None)
+
+
+def build_app_with_engine(
+    args: ImageServingArgs | dict[str, Any], engine_factory: EngineFactory | None
 ) -> Application:
-    """The whole app from its args. ``engine_factory`` replaces the diffusers engine in
-    every model deployment (tests inject faults through it; ``serve run`` never sets it)."""
+    """:func:`build_app` with ``engine_factory`` replacing the diffusers engine in every
+    model deployment (tests inject faults through it)."""
     config = ImageServingArgs.model_validate(args)
     signing_key = url_signing_key()
     models = {}

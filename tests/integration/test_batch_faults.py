@@ -54,7 +54,7 @@ def faulty(ray_serve: int) -> Iterator[tuple[str, Any]]:
 
     from ray import cloudpickle, serve
 
-    from serve_app.app import build_app
+    from serve_app.app import build_app_with_engine
 
     # Replicas cannot import the tests package: ship this module by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -68,7 +68,9 @@ def faulty(ray_serve: int) -> Iterator[tuple[str, Any]]:
     args["default_model"] = model["id"]
     for part in ("encoder", "ingress"):
         args[part]["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
-    serve.run(build_app(args, PoisonedEngine), name=FAULTY_APP, route_prefix=FAULTY_PREFIX)
+    serve.run(
+        build_app_with_engine(args, PoisonedEngine), name=FAULTY_APP, route_prefix=FAULTY_PREFIX
+    )
     handle = serve.get_deployment_handle(f"Model:{model['id']}", FAULTY_APP)
     yield f"http://127.0.0.1:{ray_serve}{FAULTY_PREFIX}", handle
     serve.delete(FAULTY_APP)

@@ -18,6 +18,20 @@ def tiny(**overrides: Any) -> dict[str, Any]:
     return {"id": "tiny", "source": "builtin:tiny-sdxl", **overrides}
 
 
+def test_serve_run_can_build_the_app_from_serve_config_yaml() -> None:
+    """What ``serve run serve_config.yaml`` does: import the builder, call it through
+    Serve's own builder check (one parameter only), and get an application."""
+    from ray._common.utils import import_attr
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    [app] = doc["applications"]
+    builder = import_attr(app["import_path"])
+    built = call_user_app_builder_with_args_if_necessary(builder, app["args"])
+    assert isinstance(built, Application)
+
+
 def test_serve_config_yaml_is_valid() -> None:
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     [app] = doc["applications"]
