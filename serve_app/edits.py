@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from serve_app.config import ImageInputConfig, ModelConfig
-from serve_app.dialects.common import free_size, validate
-from serve_app.errors import invalid
+from serve_app.dialects.common import free_size
+from serve_app.errors import invalid, validate
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, Overlay, assign_seeds
 from serve_app.openai_images import check_against_model, images_response
 from serve_app.protocol import (

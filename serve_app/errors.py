@@ -8,12 +8,14 @@ their details go to the log, never to the client.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from deployments.storage.base import StorageUnavailable
 from serve_app.protocol import ErrorObject, ErrorResponse
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 logger = logging.getLogger("imagegen.errors")
 
@@ -132,6 +134,17 @@ def from_validation_error(exc: ValidationError) -> APIError:
         else:
             message = f"Invalid value for '{param}': {message} (got {given!r})."
     return APIError("invalid_request", message, param=param, code=_code_for(first.get("type")))
+
+
+def validate(cls: type[ModelT], body: Any, kind: ErrorKind = "invalid_request") -> ModelT:
+    """Validate a JSON body into ``cls``; every failure names the parameter."""
+    if not isinstance(body, dict):
+        raise APIError(kind, "The request body must be a JSON object.")
+    try:
+        return cls.model_validate(body)
+    except ValidationError as exc:
+        err = from_validation_error(exc)
+        raise APIError(kind, err.message, param=err.param, code=err.code) from None
 
 
 def _code_for(pydantic_type: str | None) -> str | None:

@@ -116,3 +116,8 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     else:
         err = APIError("invalid_request", str(exc.detail))
     return error_response(err, "a1111" if request.url.path.startswith(A1111_PREFIX) else "openai")
+
+
+def generation_headers(seeds: tuple[int, ...], model_id: str) -> dict[str, str]:
+    """Headers every generating route sends: each image's seed and the model that ran."""
+    return {"x-imagegen-seeds": ",".join(map(str, seeds)), "x-imagegen-model": model_id}

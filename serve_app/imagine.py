@@ -11,11 +11,11 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from serve_app import openai_images
 from serve_app.config import ModelConfig
-from serve_app.errors import from_validation_error, invalid
+from serve_app.errors import invalid, validate
 from serve_app.image_catalog import ImageCatalog, ImageRecord, id_created_ms, iso_utc
 from serve_app.job import EncodeSpec, GenerationJob
 from serve_app.protocol import MAX_SEED, ImageGenerateRequest, ImageSize, LenientModel
@@ -63,12 +63,7 @@ class ImageList(BaseModel):
 
 
 def parse_imagine(body: Any) -> ImagineRequest:
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.")
-    try:
-        return ImagineRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return validate(ImagineRequest, body)
 
 
 def to_job_and_spec(

@@ -7,11 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 from serve_app import limits
 from serve_app.config import ModelConfig
-from serve_app.errors import check_image_count, from_validation_error, invalid
+from serve_app.errors import check_image_count, invalid, validate
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.protocol import (
     IGNORED_OPENAI_FIELDS,
@@ -27,12 +25,7 @@ logger = logging.getLogger("imagegen.openai")
 
 def parse_generate(body: Any) -> ImageGenerateRequest:
     """Validate a JSON body; every failure is a 400 naming the parameter."""
-    if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.")
-    try:
-        return ImageGenerateRequest.model_validate(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return validate(ImageGenerateRequest, body)
 
 
 def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:

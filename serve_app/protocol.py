@@ -109,33 +109,32 @@ class ImagesResponse(BaseModel):
     size: str | None = None
 
 
-class ImageGenPartialImageEvent(BaseModel):
+class ImageStreamEvent(BaseModel):
+    """What every streamed image event carries."""
+
+    type: str
+    b64_json: str
+    background: Literal["transparent", "opaque"]
+    created_at: int
+    output_format: OutputFormat
+    quality: str | None = None
+    size: str
+    # Extension: which of the request's n images this event belongs to.
+    image_index: int = 0
+
+
+class ImageGenPartialImageEvent(ImageStreamEvent):
     """SSE ``image_generation.partial_image``: a preview while the image forms."""
 
     type: str = "image_generation.partial_image"
-    b64_json: str
     partial_image_index: int
-    background: Literal["transparent", "opaque"]
-    created_at: int
-    output_format: OutputFormat
-    quality: str | None = None
-    size: str
-    # Extension: which of the request's n images this preview belongs to.
-    image_index: int = 0
 
 
-class ImageGenCompletedEvent(BaseModel):
+class ImageGenCompletedEvent(ImageStreamEvent):
     """SSE ``image_generation.completed``: one per finished image."""
 
     type: str = "image_generation.completed"
-    b64_json: str
-    background: Literal["transparent", "opaque"]
-    created_at: int
-    output_format: OutputFormat
-    quality: str | None = None
-    size: str
-    # Extensions: the image's position among the n requested, and its seed.
-    image_index: int = 0
+    # Extension: the image's seed.
     seed: int | None = None
 
 

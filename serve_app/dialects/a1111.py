@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import Field
 
 from serve_app.config import ModelConfig
-from serve_app.dialects.common import free_size, log_ignored, unsupported, validate
+from serve_app.dialects.common import free_size, log_ignored, unsupported
 from serve_app.dialects.samplers import resolve_sampler
-from serve_app.errors import APIError, check_image_count
+from serve_app.errors import APIError, check_image_count, validate
 from serve_app.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel

@@ -20,8 +20,8 @@ from pydantic import Field
 
 from serve_app.config import ImageInputConfig, ModelConfig
 from serve_app.dialects import a1111
-from serve_app.dialects.common import unsupported, validate
-from serve_app.errors import invalid
+from serve_app.dialects.common import unsupported
+from serve_app.errors import invalid, validate
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
 from serve_app.uploads import decode_image, mask_from_luminance, with_init_image
 

@@ -1,4 +1,4 @@
-"""What every dialect shares: validation into a model, free sizes, the dialect record.
+"""What every dialect shares: free sizes, ignored-field logging, the dialect record.
 
 A dialect only translates: a request body into the canonical :class:`GenerationJob`
 and :class:`EncodeSpec`, and the encoded images back into its response shape.
@@ -10,19 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any, Literal
 
 from serve_app.config import ModelConfig
-from serve_app.errors import APIError, ErrorKind, from_validation_error, invalid
+from serve_app.errors import APIError, invalid
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
 from serve_app.streaming import StreamFormat
 
 logger = logging.getLogger("imagegen.dialects")
 
 DialectName = Literal["openai", "together", "imagine"]
-RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -55,17 +52,6 @@ class Dialect:
     )
     image_url: Callable[[Any], str | None] = lambda req: None
     strength: Callable[[Any], float | None] = lambda req: None
-
-
-def validate(cls: type[RequestT], body: Any, kind: ErrorKind = "invalid_request") -> RequestT:
-    """Validate a JSON body into ``cls``; every failure names the parameter."""
-    if not isinstance(body, dict):
-        raise APIError(kind, "The request body must be a JSON object.")
-    try:
-        return cls.model_validate(body)
-    except ValidationError as exc:
-        err = from_validation_error(exc)
-        raise APIError(kind, err.message, param=err.param, code=err.code) from None
 
 
 def free_size(

@@ -31,14 +31,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from serve_app.config import ModelConfig
-from serve_app.dialects.common import (
-    Dialect,
-    default_steps,
-    free_size,
-    log_ignored,
-    validate,
-)
-from serve_app.errors import APIError, check_image_count, invalid
+from serve_app.dialects.common import Dialect, default_steps, free_size, log_ignored
+from serve_app.errors import APIError, check_image_count, invalid, validate
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, ImageEvent, assign_seeds
 from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel

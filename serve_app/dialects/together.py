@@ -14,15 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from serve_app.config import ModelConfig
-from serve_app.dialects.common import (
-    Dialect,
-    default_steps,
-    free_size,
-    log_ignored,
-    unsupported,
-    validate,
-)
-from serve_app.errors import check_image_count
+from serve_app.dialects.common import Dialect, default_steps, free_size, log_ignored, unsupported
+from serve_app.errors import check_image_count, validate
 from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from serve_app.limits import check_request
 from serve_app.protocol import MAX_SEED, LenientModel

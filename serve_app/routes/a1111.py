@@ -20,7 +20,7 @@ from serve_app.config import ModelConfig
 from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 from serve_app.errors import APIError
-from serve_app.http import api_endpoint, read_json, request_id_of
+from serve_app.http import api_endpoint, generation_headers, read_json, request_id_of
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -99,7 +99,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         job = a1111.to_job(req, model, request_id)
         images = await ingress.generate_images(model, job, a1111.to_encode_spec(req, request_id))
         payload = a1111.build_response(req, model, job, images)
-        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        headers = generation_headers(job.seeds, model.id)
         return JSONResponse(payload, headers=headers)
 
     async def img2img(request: Request) -> Response:
@@ -115,7 +115,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         )
         images = await ingress.generate_images(model, job, spec)
         payload = a1111_img2img.build_response(req, model, job, images)
-        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        headers = generation_headers(job.seeds, model.id)
         return JSONResponse(payload, headers=headers)
 
     async def samplers(request: Request) -> Response:

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from serve_app import edits
 from serve_app.errors import invalid
-from serve_app.http import api_endpoint, request_id_of
+from serve_app.http import api_endpoint, generation_headers, request_id_of
 from serve_app.limits import check_job
 from serve_app.streaming import SSE_HEADERS, OpenAIStream, generation_events
 from serve_app.uploads import InputImage, decode_image, read_form
@@ -90,7 +90,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         spec = edits.to_encode_spec(
             req, request_id, output_size, ingress.base_url(request), overlay
         )
-        headers = {"x-imagegen-seeds": ",".join(map(str, job.seeds)), "x-imagegen-model": model.id}
+        headers = generation_headers(job.seeds, model.id)
         if req.stream:
             check_job(model, job, spec)
             events = generation_events(ingress, model, job, spec, OpenAIStream(req, job, spec))

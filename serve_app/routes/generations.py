@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from serve_app.dialects import REGISTRY
 from serve_app.dialects.detect import detect
 from serve_app.fetch import ImageFetcher, load_url_image
-from serve_app.http import api_endpoint, read_json, request_id_of
+from serve_app.http import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.limits import check_job
 from serve_app.streaming import SSE_HEADERS, generation_events
 from serve_app.uploads import with_init_image
@@ -45,8 +45,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             job, _ = with_init_image(job, image, strength)
         spec = dialect.to_encode_spec(req, model, request_id, ingress.base_url(request))
         headers = {
-            "x-imagegen-seeds": ",".join(map(str, job.seeds)),
-            "x-imagegen-model": model.id,
+            **generation_headers(job.seeds, model.id),
             DIALECT_RESPONSE_HEADER: dialect.name,
         }
         fmt = dialect.stream_format(req, model, job, spec)
