@@ -71,28 +71,15 @@ def api_endpoint(fn: Endpoint, shape: ErrorShape = "openai") -> Endpoint:
     return wrapper
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: Request) -> bytes:
+    """The whole body. Its size is bounded before any route reads it: the ingress's
+    ``GuardMiddleware`` refuses with 413 past ``limits.body_limit`` for the route."""
+    return await request.body()
 
 
-def _too_large(limit: int) -> APIError:
-    return limits.too_large(limit)
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as strict JSON (``serve_app.limits.parse_json``), within ``limit`` bytes."""
-    body = await read_body(request, limit)
+async def read_json(request: Request) -> Any:
+    """The body as strict JSON (``serve_app.limits.parse_json``)."""
+    body = await read_body(request)
     if not body:
         raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
     return limits.parse_json(body)

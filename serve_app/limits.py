@@ -53,8 +53,7 @@ def body_limit(
     images) get ``images.max_upload_bytes``, everything else ``ingress.max_body_bytes``."""
     multipart = (content_type or "").lower().startswith(MULTIPART)
     if multipart or path in IMAGE_JSON_ROUTES:
-        upload = max(images.max_upload_bytes, ingress.max_body_bytes)
-        return BodyLimit(upload, "images.max_upload_bytes")
+        return BodyLimit(images.max_upload_bytes, "images.max_upload_bytes")
     return BodyLimit(ingress.max_body_bytes, "ingress.max_body_bytes")
 
 

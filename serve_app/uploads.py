@@ -187,7 +187,7 @@ async def read_form(request: Request, limits: ImageInputConfig) -> list[tuple[st
             f"got content-type '{content_type or 'none'}'.",
             code="invalid_content_type",
         )
-    body = await read_body(request, limits.max_upload_bytes)
+    body = await read_body(request)
 
     async def stream() -> AsyncIterator[bytes]:
         yield body

@@ -76,7 +76,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
 
     async def set_options(request: Request) -> Response:
         client = client_of(request)
-        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise APIError("unprocessable", "The request body must be a JSON object.")
         if a1111.CHECKPOINT_OPTION in body:
@@ -92,7 +92,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     async def txt2img(request: Request) -> Response:
         request_id = request_id_of(request)
         client = client_of(request)
-        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        body = await read_json(request)
         req = a1111.parse(body)
         override = a1111.checkpoint_override(req)
         model = resolve_checkpoint(override) if override else current_model(client)
@@ -105,8 +105,8 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     async def img2img(request: Request) -> Response:
         request_id = request_id_of(request)
         client = client_of(request)
-        # Base64 images make these bodies large: the upload limit applies, not max_body_bytes.
-        body = await read_json(request, ingress.args.images.max_upload_bytes)
+        # Base64 images make these bodies large: the middleware applies the upload limit.
+        body = await read_json(request)
         req = a1111_img2img.parse(body)
         override = a1111.checkpoint_override(req)
         model = resolve_checkpoint(override) if override else current_model(client)

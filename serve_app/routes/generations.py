@@ -33,7 +33,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
 
     async def generations(request: Request) -> Response:
         request_id = request_id_of(request)
-        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        body = await read_json(request)
         dialect = REGISTRY[detect(request.headers, body)]
         req = dialect.parse(body)
         model = ingress.resolve_model(dialect.model_name(req))

@@ -70,7 +70,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     async def create(request: Request) -> Response:
         # 1. Validate, 2. generate and store the bytes (encoder), 3. write the record.
         request_id = request_id_of(request)
-        body = await read_json(request, ingress.args.ingress.max_body_bytes)
+        body = await read_json(request)
         req = imagine.parse_imagine(body)
         model = ingress.resolve_model(req.model)
         owner = owner_of(request)
