@@ -11,12 +11,14 @@ FROM rayproject/ray:2.60.0-py311-gpu
 
 WORKDIR /home/ray/imagegen-serve
 COPY --chown=ray:users pyproject.toml README.md serve_config.yaml ./
-COPY --chown=ray:users serve_app ./serve_app
+COPY --chown=ray:users common ./common
+COPY --chown=ray:users storage ./storage
 COPY --chown=ray:users deployments ./deployments
+COPY --chown=ray:users serve_app ./serve_app
 
-# A regular (non-editable) install: serve_app and deployments land in site-packages,
+# A regular (non-editable) install: the four packages land in site-packages,
 # so `import_path: serve_app.app:build_app` resolves in every pod.
-RUN pip install --no-cache-dir . && python -c "import serve_app.app, deployments.engine"
+RUN pip install --no-cache-dir . && python -c "import serve_app.app, deployments.model.engine"
 
 # Models are built or downloaded at first start into the cache volume that the
 # RayService mounts at /models (IMAGEGEN_CACHE, HF_HOME); nothing is baked in.

@@ -87,8 +87,8 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from common.model_config import ModelConfig
     from serve_app.app import build_app
-    from serve_app.config import ModelConfig
 
     args, model_id = app_args()
     deployment = ModelConfig.model_validate(

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from deployments.codec import DEFAULT_PNG_LEVEL, encode_image
+from deployments.encoder.codec import DEFAULT_PNG_LEVEL, encode_image
 
 
 def smooth_image(size: int = 1024) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from serve_app.config import ModelConfig
+from common.model_config import ModelConfig
 
 
 def measure(
@@ -18,7 +18,7 @@ def measure(
     """images/s and per-call latency at each batch size (warm-up call excluded)."""
     import torch
 
-    from deployments.engine import DiffusersEngine
+    from deployments.model.engine import DiffusersEngine
 
     config = ModelConfig.model_validate({**model, "warmup": False})
     engine = DiffusersEngine(config)

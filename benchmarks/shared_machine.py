@@ -48,10 +48,10 @@ def raw_calls(calls: int) -> dict[str, list[float]]:
 def child(calls: int) -> None:
     import torch
 
-    from deployments.batching import group_jobs
-    from deployments.engine import DiffusersEngine
-    from serve_app.config import ModelConfig
-    from serve_app.job import GenerationJob
+    from common.job import GenerationJob
+    from common.model_config import ModelConfig
+    from deployments.model.batching import group_jobs
+    from deployments.model.engine import DiffusersEngine
 
     model = model_config(ROOT / "serve_config.yaml")
     config = ModelConfig.model_validate({**model, "warmup": False})

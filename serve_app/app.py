@@ -14,12 +14,14 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from starlette.applications import Starlette
 
-from deployments.encoder import Encoder
-from deployments.engine import EngineFactory
-from deployments.model_server import ModelServer
-from serve_app.config import ImageServingArgs
+from common.config import ImageServingArgs
+from deployments.encoder.server import Encoder
+from deployments.model.engine import EngineFactory
+from deployments.model.server import ModelServer
 from serve_app.ingress import Ingress
+from serve_app.routes import asgi_app
 
 logger = logging.getLogger("imagegen.app")
 
@@ -36,6 +38,13 @@ def url_signing_key() -> str:
         SIGNING_KEY_ENV,
     )
     return secrets.token_hex(32)
+
+
+class IngressDeployment(Ingress):
+    """The ingress as a Serve deployment: :class:`Ingress` plus its HTTP app."""
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return asgi_app(self)
 
 
 def build_app(args: ImageServingArgs | dict[str, Any]) -> Application:
@@ -69,7 +78,7 @@ def build_app_with_engine(
         .options(name="Encoder", **config.encoder.deployment.to_serve_options())
         .bind(config.storage.model_dump(mode="json"), signing_key)
     )
-    ingress_cls = serve.ingress()(Ingress)
+    ingress_cls = serve.ingress()(IngressDeployment)
     return (
         serve.deployment(ingress_cls)
         .options(name="Ingress", **config.ingress.deployment.to_serve_options())

@@ -1,8 +1,12 @@
-"""The ingress deployment: shared state and the generate-then-encode path.
+"""The ingress: shared state and the one generate-then-encode path, plain or streamed.
 
-Routes live in ``serve_app/routes/`` (one module per API surface). They all use
+This is the only caller of the model and encoder handles. Routes
+(``serve_app/routes/``, one module per API surface) call
 :meth:`Ingress.generate_images`, which hands the model's response object straight
-to the encoder, so pixels never travel back through here.
+to the encoder, so pixels never travel back through here, or
+:meth:`Ingress.stream_images` for ``stream=true``. Both check the canonical job
+against the model first (``common.limits.check_job``), whatever route built it.
+The Serve deployment class that adds the HTTP app is ``serve_app.app.IngressDeployment``.
 """
 
 from __future__ import annotations
@@ -10,24 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from deployments.storage import make_store, start_expiry
-from serve_app import limits
-from serve_app.auth import ApiKeys, load_keys
-from serve_app.config import ImageServingArgs, ModelConfig
-from serve_app.errors import APIError, is_backpressure, model_starting
-from serve_app.http import http_exception_handler
-from serve_app.image_catalog import ImageCatalog
-from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
-from serve_app.middleware import ingress_middleware
-from serve_app.request_context import install_log_context
+from common import limits
+from common.config import ImageServingArgs
+from common.errors import APIError, from_exception, is_backpressure, model_starting
+from common.job import EncodedImage, EncodeSpec, GenerationJob
+from common.model_config import ModelConfig
+from common.request_context import install_log_context
+from serve_app.asgi.auth import ApiKeys, load_keys
+from serve_app.streaming.sse import StreamFormat
+from storage.catalog import ImageCatalog
+from storage.factory import make_store, start_expiry
 
 logger = logging.getLogger("imagegen.ingress")
 
@@ -70,17 +72,6 @@ class Ingress:
         if sweeper is not None:
             sweeper.stop()
 
-    def __serve_build_asgi_app__(self) -> Starlette:
-        from serve_app.openapi import openapi_route
-        from serve_app.routes import all_routes
-
-        routes = all_routes(self)
-        return Starlette(
-            routes=[*routes, openapi_route(routes)],
-            middleware=ingress_middleware(self.args.ingress, self.args.images, self.api_keys),
-            exception_handlers={HTTPException: http_exception_handler},
-        )
-
     def resolve_model(self, name: str | None) -> ModelConfig:
         """A model id or alias -> its config; ``None`` -> the default model; else 404."""
         if name is None:
@@ -113,6 +104,40 @@ class Ingress:
             if is_backpressure(exc) and await self._is_cold(model):
                 raise model_starting(model.id, model.cold_start_retry_after_s) from None
             raise
+
+    def stream_images(
+        self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat
+    ) -> AsyncIterator[str]:
+        """The SSE frames of one streamed request. The job is checked now, before the
+        response starts, so a bad job is a plain 4xx rather than an in-band error."""
+        limits.check_job(model, job, spec)
+        return self._stream_frames(model, job, spec, fmt)
+
+    async def _stream_frames(
+        self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat
+    ) -> AsyncIterator[str]:
+        """Previews and finals through the encoder, within the request deadline. If the
+        client goes away, the model request is cancelled (its rows leave the batch)."""
+        stream = self.models[model.id].options(stream=True).generate_stream.remote(job)
+        finished = False
+        try:
+            async with asyncio.timeout(self.args.ingress.request_timeout_s):
+                async for event in stream:
+                    preview = event.kind == "partial"
+                    images = await self.encoder.encode.remote(event.pixels, spec, preview)
+                    for frame in fmt.frames(event, images):
+                        yield frame
+            finished = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in-band, the status line is sent
+            yield fmt.error(from_exception(exc, job.request_id))
+            return
+        finally:
+            if not finished:
+                stream.cancel()
+        for frame in fmt.end():
+            yield frame
 
     async def _is_cold(self, model: ModelConfig) -> bool:
         try:

@@ -191,7 +191,8 @@ def serve_config_errors(serve_config: dict[str, Any]) -> list[str]:
     from pydantic import ValidationError as PydanticError
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.config import DeploymentOptions, ImageServingArgs
+    from common.config import ImageServingArgs
+    from common.model_config import DeploymentOptions
 
     try:
         schema = ServeDeploySchema.model_validate(serve_config)

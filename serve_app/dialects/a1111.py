@@ -16,15 +16,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field
-
-from serve_app.config import ModelConfig
-from serve_app.dialects.common import free_size, log_ignored, unsupported
+from common.errors import APIError, check_image_count, validate
+from common.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from common.limits import check_request
+from common.model_config import ModelConfig
+from serve_app.dialects.base import free_size, log_ignored, unsupported
 from serve_app.dialects.samplers import resolve_sampler
-from serve_app.errors import APIError, check_image_count, validate
-from serve_app.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
-from serve_app.limits import check_request
-from serve_app.protocol import MAX_SEED, LenientModel
+from serve_app.protocol.a1111 import Txt2ImgRequest
+from serve_app.protocol.openai import MAX_SEED
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
 # A1111 fields accepted and ignored: they tune parts of A1111 this server does not have.
@@ -53,28 +52,6 @@ IGNORED_FIELDS = (
     "refiner_checkpoint",
     "refiner_switch_at",
 )
-
-
-class Txt2ImgRequest(LenientModel):
-    """A1111's ``StableDiffusionTxt2ImgProcessingAPI`` (the fields that change the images)."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1: random.")
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
-    batch_size: int = Field(default=1, ge=1, le=10)
-    n_iter: int = Field(default=1, ge=1, le=10)
-    steps: int | None = Field(default=None, ge=1)
-    cfg_scale: float | None = Field(default=None, ge=0.0, le=50.0)
-    width: int = Field(default=512, ge=64)
-    height: int = Field(default=512, ge=64)
-    override_settings: dict[str, Any] = Field(default_factory=dict)
-    enable_hr: bool = False
-    script_name: str | None = None
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    send_images: bool = True
 
 
 def parse(body: Any) -> Txt2ImgRequest:

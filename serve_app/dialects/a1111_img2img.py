@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from pydantic import Field
-
-from serve_app.config import ImageInputConfig, ModelConfig
+from common.config import ImageInputConfig
+from common.errors import invalid, validate
+from common.job import EncodedImage, EncodeSpec, GenerationJob
+from common.model_config import ModelConfig
 from serve_app.dialects import a1111
-from serve_app.dialects.common import unsupported
-from serve_app.errors import invalid, validate
-from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
-from serve_app.uploads import decode_image, mask_from_luminance, with_init_image
+from serve_app.dialects.base import unsupported
+from serve_app.inputs.uploads import decode_image, mask_from_luminance, with_init_image
+from serve_app.protocol.a1111 import Img2ImgRequest
 
 # A1111 img2img fields accepted and ignored: this server pastes the original back
 # outside the mask exactly and always repaints at the full image.
@@ -39,17 +39,6 @@ IGNORED_FIELDS = (
     "mask_round",
     "latent_mask",
 )
-
-
-class Img2ImgRequest(a1111.Txt2ImgRequest):
-    """A1111's ``StableDiffusionImg2ImgProcessingAPI`` (the fields that change the images)."""
-
-    init_images: list[str] = Field(min_length=1)
-    mask: str | None = None
-    denoising_strength: float = Field(default=0.75, ge=0.0, le=1.0)
-    inpainting_mask_invert: int = Field(default=0, ge=0, le=1)
-    resize_mode: int = Field(default=0, ge=0, le=3)
-    include_init_images: bool = False
 
 
 def parse(body: Any) -> Img2ImgRequest:

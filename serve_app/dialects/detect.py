@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from serve_app.dialects.common import DialectName
-from serve_app.dialects.imagine import IMAGINE_ONLY_FIELDS
+from common.errors import invalid
+from serve_app.dialects.base import DialectName
+from serve_app.dialects.imagine_sdk import IMAGINE_ONLY_FIELDS
 from serve_app.dialects.together import TOGETHER_ONLY_FIELDS
-from serve_app.errors import invalid
 
 DIALECT_HEADER = "x-imagegen-dialect"
 DIALECTS: tuple[DialectName, ...] = ("openai", "together", "imagine")

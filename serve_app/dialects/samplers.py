@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serve_app.errors import invalid
-from serve_app.job import SchedulerSpec
+from common.errors import invalid
+from common.job import SchedulerSpec
 
 
 @dataclass(frozen=True)

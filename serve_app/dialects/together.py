@@ -9,16 +9,14 @@ b64_json | url, type}]}``, which the SDK parses into ``ImageFile``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
-from serve_app.config import ModelConfig
-from serve_app.dialects.common import Dialect, default_steps, free_size, log_ignored, unsupported
-from serve_app.errors import check_image_count, validate
-from serve_app.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
-from serve_app.limits import check_request
-from serve_app.protocol import MAX_SEED, LenientModel
+from common.errors import check_image_count, validate
+from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
+from common.limits import check_request
+from common.model_config import ModelConfig
+from serve_app.dialects.base import Dialect, default_steps, free_size, log_ignored, unsupported
+from serve_app.protocol.together import TogetherImageRequest
 
 TOGETHER_DEFAULT_STEPS = 20
 # Fields only Together sends: any of them marks a request as Together's (see detect.py).
@@ -36,47 +34,6 @@ TOGETHER_ONLY_FIELDS = frozenset(
 )
 # Accepted and ignored: this server runs no safety checker.
 IGNORED_FIELDS = ("disable_safety_checker",)
-
-
-class TogetherImageRequest(LenientModel):
-    """Together's ``ImageGenerateParams``."""
-
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    steps: int | None = Field(default=None, ge=1, description="Default 20.")
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    n: int = Field(default=1, ge=1, le=10)
-    width: int = Field(default=1024, ge=64)
-    height: int = Field(default=1024, ge=64)
-    negative_prompt: str | None = None
-    guidance: float | None = Field(default=None, ge=0.0, le=50.0)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
-    output_format: Literal["jpeg", "png"] = "jpeg"
-    response_format: Literal["base64", "b64_json", "url"] = "base64"
-    image_url: str | None = Field(
-        default=None, description="Init image: an http(s) or data: URL (image-to-image)."
-    )
-    # Extension: how far the result may move from image_url (default images.img2img_strength).
-    strength: float | None = Field(default=None, gt=0.0, le=1.0)
-    image_loras: list[dict[str, Any]] | None = None
-    reference_images: list[str] | None = None
-    disable_safety_checker: bool | None = None
-
-    @model_validator(mode="after")
-    def _one_guidance(self) -> TogetherImageRequest:
-        both = self.guidance is not None and self.guidance_scale is not None
-        if both and self.guidance != self.guidance_scale:
-            raise ValueError(
-                f"guidance ({self.guidance}) and guidance_scale ({self.guidance_scale}) "
-                "are two spellings of one parameter; send one, or the same value"
-            )
-        if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
-            raise ValueError(f"seed {self.seed} + n - 1 exceeds the largest seed {MAX_SEED}")
-        return self
-
-    @property
-    def guidance_value(self) -> float | None:
-        return self.guidance if self.guidance is not None else self.guidance_scale
 
 
 def parse(body: Any) -> TogetherImageRequest:

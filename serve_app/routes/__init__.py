@@ -1,15 +1,16 @@
-"""Every HTTP route of the ingress, one module per API surface."""
+"""Every HTTP route of the ingress, one module per API surface, and the ASGI app."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
-from serve_app.routes import a1111, edits, files, generations, imagine, openai_images, system
-
-if TYPE_CHECKING:
-    from serve_app.ingress import Ingress
+from serve_app.asgi.endpoints import http_exception_handler
+from serve_app.asgi.middleware import ingress_middleware
+from serve_app.asgi.openapi import openapi_route
+from serve_app.ingress import Ingress
+from serve_app.routes import a1111, edits, files, generations, imagine, models, system
 
 
 def all_routes(ingress: Ingress) -> list[BaseRoute]:
@@ -17,9 +18,19 @@ def all_routes(ingress: Ingress) -> list[BaseRoute]:
     return [
         *generations.routes(ingress),
         *edits.routes(ingress),
-        *openai_images.routes(ingress),
+        *models.routes(ingress),
         *a1111.routes(ingress),
         *files.routes(ingress),
         *imagine.routes(ingress),
         *system.routes(ingress),
     ]
+
+
+def asgi_app(ingress: Ingress) -> Starlette:
+    """The ingress's HTTP app: the routes, ``/openapi.json``, the guard middleware."""
+    routes = all_routes(ingress)
+    return Starlette(
+        routes=[*routes, openapi_route(routes)],
+        middleware=ingress_middleware(ingress.args.ingress, ingress.args.images, ingress.api_keys),
+        exception_handlers={HTTPException: http_exception_handler},
+    )

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from serve_app.a1111_access import BasicAuth, ClientOptions, client_key, load_credentials
-from serve_app.config import ModelConfig
+from common.errors import APIError
+from common.model_config import ModelConfig
+from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
+from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.samplers import sampler_items, scheduler_items
-from serve_app.errors import APIError
-from serve_app.http import api_endpoint, generation_headers, read_json, request_id_of
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress

@@ -13,18 +13,18 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from serve_app import edits
-from serve_app.errors import invalid
-from serve_app.http import api_endpoint, generation_headers, request_id_of
-from serve_app.limits import check_job
-from serve_app.streaming import SSE_HEADERS, OpenAIStream, generation_events
-from serve_app.uploads import InputImage, decode_image, read_form
+from common.errors import invalid
+from serve_app.asgi.endpoints import api_endpoint, generation_headers, request_id_of
+from serve_app.dialects import openai_edits as edits
+from serve_app.inputs.uploads import InputImage, decode_image, read_form
+from serve_app.streaming.openai import OpenAIStream
+from serve_app.streaming.sse import sse_response
 
 if TYPE_CHECKING:
-    from serve_app.config import ImageInputConfig
+    from common.config import ImageInputConfig
     from serve_app.ingress import Ingress
 
 
@@ -92,11 +92,8 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         )
         headers = generation_headers(job.seeds, model.id)
         if req.stream:
-            check_job(model, job, spec)
-            events = generation_events(ingress, model, job, spec, OpenAIStream(req, job, spec))
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
-            )
+            fmt = OpenAIStream("image_edit", job, spec, req.quality)
+            return sse_response(ingress.stream_images(model, job, spec, fmt), headers)
         encoded = await ingress.generate_images(model, job, spec)
         return JSONResponse(edits.build_response(req, spec, job.seeds, encoded), headers=headers)
 

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from deployments.storage import FILES_ROUTE, LocalImageStore, content_type_for, is_image_key
-from serve_app.errors import APIError
-from serve_app.http import api_endpoint
+from common.errors import APIError
+from serve_app.asgi.endpoints import api_endpoint
+from storage.base import content_type_for, is_image_key
+from storage.local import FILES_ROUTE, LocalImageStore
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress

@@ -10,16 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from serve_app.dialects import REGISTRY
+from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.dialects.detect import detect
-from serve_app.fetch import ImageFetcher, load_url_image
-from serve_app.http import api_endpoint, generation_headers, read_json, request_id_of
-from serve_app.limits import check_job
-from serve_app.streaming import SSE_HEADERS, generation_events
-from serve_app.uploads import with_init_image
+from serve_app.dialects.registry import REGISTRY
+from serve_app.inputs.fetch import ImageFetcher, load_url_image
+from serve_app.inputs.uploads import with_init_image
+from serve_app.streaming.sse import sse_response
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -50,11 +49,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         }
         fmt = dialect.stream_format(req, model, job, spec)
         if fmt is not None:
-            check_job(model, job, spec)
-            events = generation_events(ingress, model, job, spec, fmt)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
-            )
+            return sse_response(ingress.stream_images(model, job, spec, fmt), headers)
         images = await ingress.generate_images(model, job, spec)
         payload = dialect.build_response(req, model, job, images)
         return JSONResponse(payload, headers=headers)

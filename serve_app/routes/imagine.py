@@ -2,7 +2,7 @@
 
 ``POST /v1/images/imagine``, ``GET /v1/images``, ``GET|DELETE /v1/images/{id}``,
 ``POST /v1/images/{id}/publish|unpublish`` and ``GET /v1/images/{id}/download``.
-Every route sees only the caller's images (:func:`serve_app.http.owner_of`).
+Every route sees only the caller's images (:func:`serve_app.asgi.endpoints.owner_of`).
 Store calls block (files, boto3), so they run in a worker thread.
 
 The ``{id}`` routes match only ``image_…`` ids (a Starlette convertor), so
@@ -21,13 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from deployments.codec import CONTENT_TYPES
-from deployments.storage.base import image_data_key
-from serve_app import imagine
-from serve_app.errors import APIError
-from serve_app.http import api_endpoint, owner_of, read_json, request_id_of
-from serve_app.image_catalog import ImageRecord, new_image_id
+from common.errors import APIError
+from common.formats import CONTENT_TYPES
+from serve_app.asgi.endpoints import api_endpoint, owner_of, read_json, request_id_of
+from serve_app.dialects import imagine_api as imagine
+from serve_app.protocol.imagine import ImageList
 from serve_app.routes.files import PUBLIC_ROUTE
+from storage.base import image_data_key
+from storage.catalog import ImageRecord, new_image_id
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -91,7 +92,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         records, has_more = await asyncio.to_thread(
             catalog.list, owner_of(request), limit, after, name
         )
-        page = imagine.ImageList(
+        page = ImageList(
             data=[imagine.to_object(r, public_url(request, r)) for r in records],
             first_id=records[0].id if records else None,
             last_id=records[-1].id if records else None,

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from serve_app.http import api_endpoint
+from serve_app.asgi.endpoints import api_endpoint
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress

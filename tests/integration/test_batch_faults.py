@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.batching import GenerationGroup
-from deployments.engine import DiffusersEngine, GroupOutput
+from deployments.model.batching import GenerationGroup
+from deployments.model.engine import DiffusersEngine, GroupOutput
 from tests.integration.conftest import app_args_for_tests, wait_until
 from tests.integration.images import decode_b64
 

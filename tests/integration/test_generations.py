@@ -10,8 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from serve_app.protocol import OPENAI_SIZES
-from serve_app.sizes import parse_size
+from common.sizes import OPENAI_SIZES, parse_size
 from tests.integration.conftest import model_stats
 from tests.integration.images import assert_close, decode_b64, pixels
 

@@ -2,7 +2,7 @@
 
 Requests that arrive during the cold start queue at the ingress's handle; only
 past the model's ``max_queued_requests`` does a client get 503 with Retry-After
-(a cold start, not an overload: see ``serve_app/errors.py``). Waking one model
+(a cold start, not an overload: see ``common/errors.py``). Waking one model
 leaves every other model as it was.
 """
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
-from deployments.storage import UrlSigner
+from storage.signing import UrlSigner
 from tests.conftest import s3_client
 from tests.integration.conftest import S3_URL_TTL_S, TEST_SIGNING_KEY
 from tests.integration.test_errors_http import assert_error

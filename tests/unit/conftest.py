@@ -19,10 +19,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from deployments.storage import ImageStore, make_store
-from serve_app.config import StorageConfig
-from serve_app.image_catalog import ImageCatalog
+from common.config import StorageConfig
 from serve_app.routes import files
+from storage.base import ImageStore
+from storage.catalog import ImageCatalog
+from storage.factory import make_store
 
 SIGNING_KEY = "k" * 32
 

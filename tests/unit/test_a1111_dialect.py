@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import ModelConfig
+from common.errors import APIError
+from common.job import EncodedImage, SchedulerSpec
+from common.model_config import ModelConfig
 from serve_app.dialects import a1111
 from serve_app.dialects.samplers import SAMPLERS, known_sampler_names, resolve_sampler
-from serve_app.errors import APIError
-from serve_app.job import EncodedImage, SchedulerSpec
 
 MODEL = ModelConfig(
     id="tiny",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.batching import count_images, group_jobs
-from serve_app.job import GenerationJob, assign_seeds, partial_steps
+from common.job import GenerationJob, assign_seeds, partial_steps
+from deployments.model.batching import count_images, group_jobs
 
 
 def job(

@@ -70,7 +70,7 @@ def test_workload_mix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["default", "mixed"])
 def test_shipped_workloads_are_valid(name: str) -> None:
-    from serve_app.openai_images import parse_generate
+    from serve_app.dialects.openai import parse_generate
 
     workload = Workload.load(
         Path(__file__).resolve().parents[2] / f"benchmarks/workloads/{name}.json"
@@ -100,7 +100,7 @@ def test_markdown_row_per_level() -> None:
 
 def test_benchmark_configs_are_valid_app_configs() -> None:
     from benchmarks.server import app_args
-    from serve_app.config import ImageServingArgs
+    from common.config import ImageServingArgs
 
     root = Path(__file__).resolve().parents[2]
     for path in [root / "serve_config.yaml", *sorted((root / "benchmarks/configs").glob("*.yaml"))]:

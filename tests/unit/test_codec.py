@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.codec import encode_image
+from deployments.encoder.codec import encode_image
 
 RNG = np.random.default_rng(0)
 PIXELS = (RNG.random((96, 168, 3)) * 255).astype(np.uint8)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import DeploymentOptions, ImageServingArgs, ModelConfig
+from common.config import ImageServingArgs
+from common.model_config import DeploymentOptions, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

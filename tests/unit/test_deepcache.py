@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.batching import group_jobs
-from deployments.deepcache import DeepCache, deep_modules
-from deployments.engine import DiffusersEngine
-from serve_app.config import ModelConfig
+from common.job import GenerationJob, SchedulerSpec
+from common.model_config import ModelConfig
+from deployments.model.batching import group_jobs
+from deployments.model.deepcache import DeepCache, deep_modules
+from deployments.model.engine import DiffusersEngine
 from serve_app.dialects.samplers import SAMPLERS, resolve_sampler
-from serve_app.job import GenerationJob, SchedulerSpec
 
 STEPS = 12
 

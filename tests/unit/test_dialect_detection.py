@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from common.errors import APIError
 from serve_app.dialects.detect import detect
-from serve_app.errors import APIError
 
 OPENAI_UA = {"user-agent": "OpenAI/Python 3.54.0"}
 TOGETHER_UA = {"user-agent": "Together/Python 3.1.1"}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from common.job import EncodedImage, GenerationJob
 from serve_app.ingress import Ingress
-from serve_app.job import EncodedImage, GenerationJob
+from serve_app.routes import asgi_app
 from tests.unit.test_ingress import FakeHandle
 
 GENERATIONS = "/v1/images/generations"
@@ -45,7 +46,7 @@ class App:
         }
         encoder = FakeHandle(encode=_encode, ready=_ok)
         ingress = Ingress(args, handles, encoder, "k" * 32)  # type: ignore[arg-type]
-        self.client = TestClient(ingress.__serve_build_asgi_app__())
+        self.client = TestClient(asgi_app(ingress))
 
     def _generate(self, name: str):
         async def generate(job: GenerationJob) -> np.ndarray:

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from deployments.codec import paste_outside_mask
+from common.job import EncodedImage, EncodeSpec, GenerationJob
+from deployments.encoder.codec import paste_outside_mask
 from serve_app.ingress import Ingress
-from serve_app.job import EncodedImage, EncodeSpec, GenerationJob
+from serve_app.routes import asgi_app
 from tests.unit.test_ingress import FakeHandle
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
@@ -55,7 +56,7 @@ class App:
         model = FakeHandle(generate=self._generate, ready=_ok)
         encoder = FakeHandle(encode=self._encode, ready=_ok)
         ingress = Ingress(args, {"tiny": model}, encoder, "k" * 32)  # type: ignore[arg-type]
-        self.client = TestClient(ingress.__serve_build_asgi_app__())
+        self.client = TestClient(asgi_app(ingress))
 
     async def _generate(self, job: GenerationJob) -> np.ndarray:
         self.jobs.append(job)

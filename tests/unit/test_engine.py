@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.batching import group_jobs
-from deployments.engine import DiffusersEngine
-from deployments.tiny_sdxl import ensure_tiny_sdxl, resolve_builtin
-from serve_app.config import ModelConfig
-from serve_app.job import GenerationJob
+from common.job import GenerationJob
+from common.model_config import ModelConfig
+from deployments.model.batching import group_jobs
+from deployments.model.engine import DiffusersEngine
+from deployments.model.tiny_sdxl import ensure_tiny_sdxl, resolve_builtin
 
 STEPS = 4
 

@@ -8,7 +8,7 @@ import pytest
 from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 
-from serve_app.errors import ERROR_TABLE, APIError, from_exception, is_backpressure, model_starting
+from common.errors import ERROR_TABLE, APIError, from_exception, is_backpressure, model_starting
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from serve_app.config import ImageInputConfig
-from serve_app.errors import APIError
-from serve_app.fetch import ImageFetcher, is_public
+from common.config import ImageInputConfig
+from common.errors import APIError
+from serve_app.inputs.fetch import ImageFetcher, is_public
 from tests.image_server import ImageServer, image_server, png_bytes
 
 ALLOWED_HOST = "127.0.0.2"

@@ -11,14 +11,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from serve_app import limits
-from serve_app.auth import ApiKeys, key_owner, load_keys, needs_api_key, parse_keys
-from serve_app.config import ApiKeysConfig, ImageInputConfig, IngressConfig, ModelConfig
-from serve_app.errors import APIError
-from serve_app.http import OWNER_SCOPE_KEY, api_endpoint, read_json, request_id_of
-from serve_app.middleware import ingress_middleware
-from serve_app.openapi import build_document
-from serve_app.request_context import RequestIdFilter, sane_request_id
+from common import limits
+from common.config import ApiKeysConfig, ImageInputConfig, IngressConfig
+from common.errors import APIError
+from common.model_config import ModelConfig
+from common.request_context import RequestIdFilter, sane_request_id
+from serve_app.asgi.auth import ApiKeys, key_owner, load_keys, needs_api_key, parse_keys
+from serve_app.asgi.endpoints import OWNER_SCOPE_KEY, api_endpoint, read_json, request_id_of
+from serve_app.asgi.middleware import ingress_middleware
+from serve_app.asgi.openapi import build_document
 
 KEY = "sk-unit-0123456789abcdef"
 

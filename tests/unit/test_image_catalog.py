@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from deployments.storage import ImageStore
-from serve_app.image_catalog import (
+from storage.base import ImageStore
+from storage.catalog import (
     IMAGE_ID_RE,
     ImageCatalog,
     ImageRecord,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from imagine.types.images import ImageRequest, ImageResponse
 
-from serve_app.config import ModelConfig
-from serve_app.dialects import imagine
-from serve_app.errors import APIError
-from serve_app.job import EncodedImage, ImageEvent
+from common.errors import APIError
+from common.job import EncodedImage, ImageEvent
+from common.model_config import ModelConfig
+from serve_app.dialects import imagine_sdk as imagine
 
 MODEL = ModelConfig(
     id="tiny",

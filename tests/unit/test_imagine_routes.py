@@ -12,10 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.encoder import Encoder
-from deployments.storage import StorageUnavailable
-from serve_app.http import OWNER_SCOPE_KEY
+from common.errors import StorageUnavailable
+from deployments.encoder.server import Encoder
+from serve_app.asgi.endpoints import OWNER_SCOPE_KEY
 from serve_app.ingress import Ingress
+from serve_app.routes import asgi_app
 from tests.unit.test_ingress import FakeHandle, ok
 
 KEY = "k" * 32
@@ -52,7 +53,7 @@ class OwnerFromHeader:
 
 
 def test_owners_are_isolated_through_the_seam(tmp_path: Path) -> None:
-    client = TestClient(OwnerFromHeader(make_ingress(tmp_path).__serve_build_asgi_app__()))
+    client = TestClient(OwnerFromHeader(asgi_app(make_ingress(tmp_path))))
     alice, bob = {"x-test-owner": "alice"}, {"x-test-owner": "bob"}
     made = client.post("/v1/images/imagine", json={"name": "a", "prompt": "p"}, headers=alice)
     image_id = made.json()["id"]
@@ -78,7 +79,7 @@ def test_a_failed_record_write_leaves_no_orphaned_bytes(
         raise StorageUnavailable("store down")
 
     monkeypatch.setattr(ingress.catalog, "save", unavailable)
-    client = TestClient(ingress.__serve_build_asgi_app__())
+    client = TestClient(asgi_app(ingress))
     response = client.post("/v1/images/imagine", json={"name": "a", "prompt": "p"})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "storage_unavailable"
@@ -89,7 +90,7 @@ def test_a_failed_record_write_leaves_no_orphaned_bytes(
 def test_the_local_default_never_imports_boto3(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from deployments.encoder import Encoder\n"
+        "from deployments.encoder.server import Encoder\n"
         "import serve_app.app\n"
         f"Encoder({{'local_dir': {str(tmp_path)!r}}}, 'k' * 32)\n"
         "sys.exit('boto3' in sys.modules or 'botocore' in sys.modules)\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.batching import group_jobs
-from deployments.engine import DiffusersEngine
-from serve_app.job import GenerationJob
+from common.job import GenerationJob
+from deployments.model.batching import group_jobs
+from deployments.model.engine import DiffusersEngine
 from tests.unit.test_engine import Recorder, tiny_config
 
 STEPS = 8

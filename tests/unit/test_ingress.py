@@ -15,9 +15,10 @@ from ray import exceptions as ray_exc
 from ray.serve import exceptions as serve_exc
 from starlette.testclient import TestClient
 
-from serve_app.errors import APIError
+from common.errors import APIError
+from common.job import EncodedImage
 from serve_app.ingress import Ingress
-from serve_app.job import EncodedImage
+from serve_app.routes import asgi_app
 
 ROUTE = "/v1/images/generations"
 
@@ -111,7 +112,7 @@ def make_client(
     handles = {"tiny": model, "lazy": model}
     counts = replicas or ReplicaCounts({"Model:tiny": 1, "Model:lazy": 0})
     ingress = Ingress(args, handles, encoder, "k" * 32, running_replicas=counts)  # type: ignore[arg-type]
-    return TestClient(ingress.__serve_build_asgi_app__()), model, encoder
+    return TestClient(asgi_app(ingress)), model, encoder
 
 
 def test_happy_path_returns_one_image_per_seed(tmp_path: Path) -> None:
@@ -234,7 +235,9 @@ def test_readiness_never_wakes_a_model_that_scales_to_zero(tmp_path: Path) -> No
     assert len(model.ready.responses) == 1  # "tiny" only; "lazy" was not called
 
 
-@pytest.mark.parametrize("module", ["serve_app.ingress", "serve_app.app", "deployments.encoder"])
+@pytest.mark.parametrize(
+    "module", ["serve_app.ingress", "serve_app.app", "deployments.encoder.server"]
+)
 def test_http_side_never_imports_torch(module: str) -> None:
     code = f"import sys, {module}; sys.exit('torch' in sys.modules or 'diffusers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from ray.serve import batching as serve_batching
 
-from deployments.batching import GenerationGroup
-from deployments.engine import GroupOutput
-from deployments.model_server import ModelServer
-from deployments.stepping import Submission
-from serve_app.job import GenerationJob
+from common.job import GenerationJob
+from deployments.model.batching import GenerationGroup
+from deployments.model.engine import GroupOutput
+from deployments.model.server import ModelServer
+from deployments.model.stepping import Submission
 
 
 @pytest.fixture(autouse=True)
@@ -320,7 +320,7 @@ class NaNEngine(FakeEngine):
 
 
 async def test_non_finite_image_fails_its_request_with_a_clear_error() -> None:
-    from serve_app.errors import APIError
+    from common.errors import APIError
 
     server = ModelServer(
         {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False}, engine_factory=NaNEngine

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import ModelConfig
-from serve_app.errors import APIError
-from serve_app.job import EncodedImage
-from serve_app.openai_images import build_response, parse_generate, to_encode_spec, to_job
+from common.errors import APIError
+from common.job import EncodedImage
+from common.model_config import ModelConfig
+from serve_app.dialects.openai import build_response, parse_generate, to_encode_spec, to_job
 
 MODEL = ModelConfig(
     id="tiny",

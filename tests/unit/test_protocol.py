@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from serve_app.errors import APIError
-from serve_app.openai_images import parse_generate
-from serve_app.protocol import OPENAI_SIZES, ImageGenerateRequest
+from common.errors import APIError
+from common.sizes import OPENAI_SIZES
+from serve_app.dialects.openai import parse_generate
+from serve_app.protocol.openai import ImageGenerateRequest
 
 
 def test_defaults_match_openai() -> None:

@@ -9,9 +9,11 @@ import pytest
 from botocore.config import Config
 from pydantic import ValidationError
 
-from deployments.storage import StorageUnavailable, make_store, output_key
-from deployments.storage.s3 import S3ImageStore
-from serve_app.config import StorageConfig
+from common.config import StorageConfig
+from common.errors import StorageUnavailable
+from storage.base import output_key
+from storage.factory import make_store
+from storage.s3 import S3ImageStore
 from tests.conftest import s3_client
 from tests.s3server import free_port
 from tests.unit.conftest import SIGNING_KEY, s3_config

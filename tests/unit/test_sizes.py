@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.config import ModelConfig
-from serve_app.protocol import OPENAI_SIZES
-from serve_app.sizes import SDXL_BUCKETS, parse_size, scaled_bucket
+from common.model_config import ModelConfig
+from common.sizes import OPENAI_SIZES, SDXL_BUCKETS, parse_size, scaled_bucket
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from deployments.storage import (
-    FILES_ROUTE,
-    LocalImageStore,
-    Sweeper,
-    UrlSigner,
-    make_store,
-    output_key,
-    start_expiry,
-)
-from serve_app.config import StorageConfig
+from common.config import StorageConfig
+from storage.base import output_key
+from storage.factory import make_store, start_expiry
+from storage.local import FILES_ROUTE, LocalImageStore, Sweeper
+from storage.signing import UrlSigner
 from tests.unit.conftest import local_backend
 
 SECRET = "k" * 32

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from deployments.storage import ImageStore, output_key
+from storage.base import ImageStore, output_key
 from tests.unit.conftest import Backend
 
 

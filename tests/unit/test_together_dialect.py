@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import ModelConfig
+from common.errors import APIError
+from common.job import EncodedImage
+from common.model_config import ModelConfig
 from serve_app.dialects import together
-from serve_app.errors import APIError
-from serve_app.job import EncodedImage
 
 MODEL = ModelConfig(
     id="tiny",

@@ -1,0 +1,200 @@
+"""The canonical request every dialect translates into, and what crosses the handles.
+
+Only these plain dataclasses (and numpy arrays) travel between the ingress, the
+model deployment and the encoder: no Starlette requests, no PIL objects.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from common.formats import OutputFormat
+
+# txt2img: from noise; img2img: from an init image; inpaint: repaint where a mask says.
+Mode = Literal["txt2img", "img2img", "inpaint"]
+
+# Random seeds are drawn below 2**32 so every client (A1111 uses 32-bit seeds) can replay them.
+RANDOM_SEED_LIMIT = 2**32
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A diffusers scheduler to swap in for one call: class name plus config overrides.
+
+    Built from a config, never imported here: the ingress stays free of diffusers.
+    ``options`` is a sorted tuple of ``(key, value)`` pairs so the spec is hashable.
+    """
+
+    class_name: str
+    options: tuple[tuple[str, bool | int | float | str], ...] = ()
+
+    def config(self) -> dict[str, bool | int | float | str]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What the model deployment needs to produce ``len(seeds)`` images."""
+
+    request_id: str
+    prompt: str
+    negative_prompt: str | None
+    seeds: tuple[int, ...]
+    gen_width: int
+    gen_height: int
+    steps: int
+    guidance: float
+    mode: Mode = "txt2img"
+    # None: the model's configured scheduler.
+    scheduler: SchedulerSpec | None = None
+    # DeepCache: recompute the UNet's deep features every N steps (None or 1: every step).
+    cache_interval: int | None = None
+    # Previews to stream while denoising (0-3); only set for stream=true requests.
+    partial_images: int = 0
+    # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
+    # resized to the generation size by the ingress; for inpaint also a
+    # (gen_height, gen_width) uint8 mask, 255 where to repaint. ``strength`` is the
+    # fraction of the schedule that runs (diffusers' ``strength``).
+    init_image: Any = field(default=None, compare=False, repr=False)
+    mask: Any = field(default=None, compare=False, repr=False)
+    strength: float | None = None
+
+    def __post_init__(self) -> None:
+        needs_image = self.mode != "txt2img"
+        if needs_image != (self.init_image is not None) or needs_image != (
+            self.strength is not None
+        ):
+            raise ValueError(f"mode {self.mode!r} and init_image/strength do not agree")
+        if (self.mode == "inpaint") != (self.mask is not None):
+            raise ValueError(f"mode {self.mode!r} and mask do not agree")
+        if self.init_image is not None:
+            expected = (self.gen_height, self.gen_width, 3)
+            if self.init_image.shape != expected or self.init_image.dtype.name != "uint8":
+                raise ValueError(f"init_image must be {expected} uint8")
+            if self.mask is not None and self.mask.shape != expected[:2]:
+                raise ValueError(f"mask must be {expected[:2]} uint8")
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def deep_cache_interval(self) -> int | None:
+        """The interval that changes the call: an interval of 1 reuses nothing, like None."""
+        return None if self.cache_interval in (None, 1) else self.cache_interval
+
+    @property
+    def shape_key(self) -> tuple[object, ...]:
+        """Jobs with equal keys can share one pipeline call: everything here changes the call."""
+        return (
+            self.gen_width,
+            self.gen_height,
+            self.steps,
+            self.guidance,
+            self.mode,
+            self.scheduler,
+            self.deep_cache_interval,
+            self.strength,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Overlay:
+    """Inpainting: paste the original back outside the mask, at the output size.
+
+    ``image`` is ``(height, width, 3)`` uint8 and ``mask`` ``(height, width)`` uint8
+    with 255 where the model repaints, both at the spec's output size.
+    """
+
+    image: Any
+    mask: Any
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """How the encoder turns one job's pixels into the response's images."""
+
+    request_id: str
+    width: int
+    height: int
+    output_format: OutputFormat
+    compression: int | None
+    # "stored": write image i at store_keys[i] and report its key (imagine images).
+    response_format: Literal["b64_json", "url", "stored"]
+    base_url: str | None = None
+    store_keys: tuple[str, ...] = ()
+    overlay: Overlay | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    b64_json: str | None = None
+    url: str | None = None
+    key: str | None = None
+    byte_size: int = 0
+
+
+@dataclass(frozen=True)
+class ImageEvent:
+    """One item of a generation stream: previews at a step, or the finished images.
+
+    ``pixels`` is a ``(n, H, W, C)`` uint8 array (``None`` for errors). Partial pixels
+    are at latent resolution; the encoder resizes them like finals.
+    """
+
+    kind: Literal["partial", "final", "error"]
+    pixels: Any
+    partial_index: int | None = None
+    # For kind "error": why this request failed (the others in its batch go on).
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """Counters a model replica reports through ``stats()``."""
+
+    batches: int = 0
+    images: int = 0
+    requests: int = 0
+    pipeline_calls: int = 0
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)
+    streaming_requests: int = 0
+    # Batches holding both streamed and non-streamed requests.
+    mixed_batches: int = 0
+    partial_images_sent: int = 0
+    cancelled_requests: int = 0
+    # Images of cancelled requests removed from a running pipeline call, and the
+    # denoising steps that removal saved.
+    dropped_images: int = 0
+    steps_saved: int = 0
+    # Failed pipeline calls retried one request at a time, and requests that failed.
+    split_batches: int = 0
+    failed_requests: int = 0
+
+    def record(self, requests: int, images: int, calls: int, streaming: int) -> None:
+        self.batches += 1
+        self.requests += requests
+        self.images += images
+        self.pipeline_calls += calls
+        self.streaming_requests += streaming
+        if 0 < streaming < requests:
+            self.mixed_batches += 1
+        self.batch_size_histogram[images] = self.batch_size_histogram.get(images, 0) + 1
+
+
+def partial_steps(total_steps: int, count: int) -> list[int]:
+    """Evenly spaced step numbers (1-based, before the last step) to send previews at.
+
+    Fewer than ``count`` come back when there are too few steps to space them.
+    """
+    steps = {round((i + 1) * total_steps / (count + 1)) for i in range(count)}
+    return sorted(step for step in steps if 1 <= step < total_steps)
+
+
+def assign_seeds(n: int, seed: int | None, increment: int = 1) -> tuple[int, ...]:
+    """Image *i* uses ``seed + i * increment``; without a seed each image draws its own."""
+    if seed is None:
+        return tuple(secrets.randbelow(RANDOM_SEED_LIMIT) for _ in range(n))
+    return tuple(seed + i * increment for i in range(n))

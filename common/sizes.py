@@ -1,0 +1,57 @@
+"""Map requested output sizes to the resolution a model generates at.
+
+SDXL was trained on ~1 MP buckets whose sides are multiples of 64; asking it for
+512x512 gives garbage. So every OpenAI size maps to a bucket, the model generates
+at the bucket, and the encoder resizes to exactly what the client asked for.
+The table is per model (``ModelConfig.buckets``): an SD 1.5 model has other buckets.
+"""
+
+from __future__ import annotations
+
+# The sizes OpenAI's Images API takes, in its documented order.
+OPENAI_SIZES = (
+    "auto",
+    "256x256",
+    "512x512",
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "1792x1024",
+    "1024x1792",
+)
+
+SDXL_BUCKETS: dict[str, tuple[int, int]] = {
+    "auto": (1024, 1024),
+    "256x256": (1024, 1024),
+    "512x512": (1024, 1024),
+    "1024x1024": (1024, 1024),
+    "1536x1024": (1216, 832),
+    "1024x1536": (832, 1216),
+    "1792x1024": (1344, 768),
+    "1024x1792": (768, 1344),
+}
+
+# What "auto" means for the output: the default square size.
+AUTO_OUTPUT = (1024, 1024)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"1536x1024"`` -> ``(1536, 1024)`` as (width, height); ``auto`` -> 1024x1024."""
+    if size == "auto":
+        return AUTO_OUTPUT
+    width, sep, height = size.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise ValueError(f"size must look like '1024x1024', got {size!r}")
+    return int(width), int(height)
+
+
+def scaled_bucket(bucket: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
+    """Scale a bucket by a model's ``generation_scale`` and snap down to ``multiple``.
+
+    A real SDXL uses scale 1.0. The tiny built-in model uses a small scale so a
+    1024x1024 request costs a fraction of a second on a CPU.
+    """
+    width, height = bucket
+    gen_w = max(multiple, int(width * scale) // multiple * multiple)
+    gen_h = max(multiple, int(height * scale) // multiple * multiple)
+    return gen_w, gen_h

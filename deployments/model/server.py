@@ -1,0 +1,248 @@
+"""The model deployment: one per configured model, batching requests by image count.
+
+How a batch forms. Ray's ``@serve.batch`` loop pulls the next batch as soon as one
+item is queued, even while the previous batch still runs, so with a short wait it
+would cut many batches of one. An admission gate in front of it fixes that: while
+a batch runs, new requests wait at the gate; when it finishes they all enter the
+queue together and become the next batch. An idle replica therefore starts a lone
+request at once, and a busy one batches everything that queued meanwhile.
+
+One batch serves streamed and plain requests alike. The batched function is a
+generator: it relays per-request events (previews at evenly spaced steps, then the
+finished images) as the pipeline thread produces them. A request whose caller goes
+away is marked cancelled; its images leave the running pipeline call at the next step.
+
+Everything that touches torch (loading, warm-up, every pipeline call) runs on one
+dedicated worker thread: diffusers pipelines are not thread-safe, OpenMP thread
+pools are per calling thread (a second pool spinning in another thread made CPU
+inference ~3x slower here), and the replica's event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from common.job import BatchStats, GenerationJob, ImageEvent
+from common.model_config import BatchingConfig, ModelConfig
+from common.request_context import install_log_context
+from deployments.metrics import ModelMetrics
+from deployments.model.batching import count_images, group_jobs
+from deployments.model.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.model.stepping import Submission, run_groups
+
+logger = logging.getLogger("imagegen.model")
+
+WARMUP_STEPS = 2
+
+
+class ModelServer:
+    """Serves one model. Construct with an ``engine_factory`` to inject a fake engine."""
+
+    def __init__(
+        self, config: ModelConfig | dict[str, Any], engine_factory: EngineFactory | None = None
+    ) -> None:
+        install_log_context()
+        self.config = ModelConfig.model_validate(config)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        self._stats = BatchStats()
+        self._metrics = ModelMetrics(self.config.id)
+        self._gate_closed = False
+        self._gate_open = asyncio.Event()
+        self._running = False
+        self._waiting = 0
+        # Built per instance (not a class-level decorator) so each server owns its
+        # batch queue, bound to the event loop it runs on.
+        self._generate_batch = serve.batch(
+            max_batch_size=self.config.batching.max_batch_size,
+            batch_wait_timeout_s=self.config.batching.batch_wait_timeout_s,
+            batch_size_fn=count_images,
+        )(self._run_batch)
+        started = time.perf_counter()
+        factory = engine_factory or diffusers_engine_factory
+        self._engine: Engine = self._executor.submit(factory, self.config).result()
+        if self.config.warmup:
+            self._executor.submit(self._warmup).result()
+        logger.info("model %s ready in %.2fs", self.config.id, time.perf_counter() - started)
+
+    def _warmup(self) -> None:
+        """One short call per distinct generation size, so no user pays first-call costs."""
+        shapes = sorted({self.config.generation_size(size) for size in self.config.buckets})
+        for width, height in shapes:
+            job = GenerationJob(
+                request_id="warmup",
+                prompt="warmup",
+                negative_prompt=None,
+                seeds=(0,),
+                gen_width=width,
+                gen_height=height,
+                steps=min(WARMUP_STEPS, self.config.default_steps),
+                guidance=self.config.default_guidance,
+            )
+            for group in group_jobs([job]):
+                self._engine.generate(group)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live batching changes from ``user_config`` (``BatchingConfig`` fields)."""
+        batching = BatchingConfig.model_validate(user_config)
+        if batching.max_batch_size < self.config.max_images_per_request:
+            raise ValueError(
+                f"max_batch_size {batching.max_batch_size} is below "
+                f"max_images_per_request {self.config.max_images_per_request}"
+            )
+        self._generate_batch.set_max_batch_size(batching.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    # -- public methods (called through handles) ---------------------------------
+
+    async def generate(self, job: GenerationJob) -> np.ndarray:
+        """Generate ``job.n`` images; returns a ``(n, H, W, 3)`` uint8 array."""
+        async for event in self._submit(Submission(job, stream=False)):
+            if event.kind == "final":
+                return event.pixels
+        raise RuntimeError(f"request {job.request_id} ended without images")
+
+    async def generate_stream(self, job: GenerationJob) -> AsyncIterator[ImageEvent]:
+        """Stream ``job.partial_images`` previews, then the finished images.
+
+        The pixels travel inline in each event, so on this path they pass through the
+        ingress on their way to the encoder. Yielding ``ray.put`` references instead
+        would avoid that copy, but references nested in a streamed item can lose their
+        reference count in transit (ray-project/ray#58080, fix pending in #58082): we
+        saw an intermittent failure in CI that way. Previews are latent-sized; only
+        the finals cost a copy.
+        """
+        async for event in self._submit(Submission(job, stream=True)):
+            yield event
+
+    def stats(self) -> dict[str, Any]:
+        """Batch counters of this replica (batch sizes count images), and how many
+        requests wait at the admission gate for the running batch right now."""
+        return {**asdict(self._stats), "waiting_requests": self._waiting}
+
+    def ready(self) -> bool:
+        return True
+
+    # -- batching -------------------------------------------------------------
+
+    async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._gate_closed:
+            self._waiting += 1
+            try:
+                await self._gate_open.wait()
+            finally:
+                self._waiting -= 1
+        # The first request through closes the gate; requests released together
+        # by the same opening all enter the batch queue before the batch loop
+        # runs again (their pump tasks run in order, ahead of its wake-up).
+        self._gate_closed = True
+        inbox: asyncio.Queue[ImageEvent | BaseException | None] = asyncio.Queue()
+        pump = asyncio.ensure_future(self._pump(sub, inbox))
+        finished = False
+        try:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if item.kind == "error":
+                    finished = True  # failed, not abandoned: nothing to cancel
+                    raise item.error or RuntimeError("generation failed")
+                # Set before yielding: the consumer may stop iterating at the final.
+                finished = item.kind == "final"
+                yield item
+                if finished:
+                    return
+            raise RuntimeError(f"request {sub.job.request_id} ended without images")
+        finally:
+            if not finished and not pump.done():
+                self._cancel(sub)
+
+    async def _pump(
+        self, sub: Submission, inbox: asyncio.Queue[ImageEvent | BaseException | None]
+    ) -> None:
+        """Read this request's stream from ``@serve.batch`` to its end.
+
+        It runs apart from the caller so a caller that leaves early (a finished
+        non-streamed request, a disconnect) never abandons the batch's futures.
+        """
+        try:
+            async for event in self._generate_batch(sub):
+                if event is not None:
+                    inbox.put_nowait(event)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            inbox.put_nowait(exc)
+        else:
+            inbox.put_nowait(None)
+
+    def _cancel(self, sub: Submission) -> None:
+        """The caller went away (disconnect, deadline): its rows leave at the next step."""
+        if not sub.cancelled:
+            sub.cancelled = True
+            self._stats.cancelled_requests += 1
+
+    def _open_gate(self) -> None:
+        self._gate_closed = False
+        opened, self._gate_open = self._gate_open, asyncio.Event()
+        opened.set()
+
+    async def _run_batch(self, subs: list[Submission]) -> AsyncIterator[list[Any]]:
+        """The ``@serve.batch`` generator: one list per yield, an item per request."""
+        self._running = True
+        try:
+            groups = group_jobs([sub.job for sub in subs])
+            streaming = sum(sub.stream for sub in subs)
+            self._stats.record(len(subs), count_images(subs), len(groups), streaming)
+            self._metrics.batch_images.observe(count_images(subs))
+            now = time.perf_counter()
+            for sub in subs:
+                self._metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[int, ImageEvent]] = asyncio.Queue()
+
+            def emit(index: int, event: ImageEvent) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+            work = loop.run_in_executor(
+                self._executor,
+                run_groups,
+                self._engine,
+                subs,
+                groups,
+                emit,
+                self._stats,
+                self._metrics,
+            )
+            done: set[int] = set()
+            while True:
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    if events.empty():
+                        break
+                    continue
+                yield _row(len(subs), *getter.result(), done)
+            work.result()  # an engine error fails every request still waiting
+        finally:
+            self._running = False
+            self._open_gate()
+
+
+def _row(size: int, index: int, event: ImageEvent, done: set[int]) -> list[Any]:
+    """One yield of the batch generator: the event for one request, nothing for others.
+
+    Requests that already got their final images get ``StopIteration``, which ends
+    their stream inside ``@serve.batch``.
+    """
+    row: list[Any] = [StopIteration if i in done else None for i in range(size)]
+    row[index] = event
+    if event.kind == "final":
+        done.add(index)
+    return row

@@ -1,0 +1,96 @@
+"""The imagine wire models: the SDK's ``ImageRequest`` on ``/v1/images/generations``, and the
+imagine images API (``/v1/images/imagine``, Image objects and their listing). Pure pydantic.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from serve_app.protocol.openai import MAX_SEED, ImageSize, LenientModel
+
+MAX_NAME_CHARS = 256
+_SIZE_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+
+
+class ImagineImageRequest(LenientModel):
+    """The imagine SDK's ``ImageRequest`` (``imagine.types.images``)."""
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    negative_prompt: str | None = "blurry"
+    seed: int | None = Field(default=27, ge=0, le=MAX_SEED)
+    seed_increment: int | None = Field(default=100, ge=0)
+    n: int | None = Field(default=1, ge=1, le=10)
+    num_inference_steps: int | None = Field(default=None, ge=1, description="Default 20.")
+    size: str | None = "512x512"
+    guidance_scale: float | None = Field(default=6.5, ge=0.0, le=50.0)
+    cache_interval: int | None = Field(
+        default=None, ge=1, le=100, description="DeepCache: full UNet every N steps."
+    )
+    response_format: Literal["b64_json", "url"] | None = "b64_json"
+    stream: bool = False
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE_RE.match(value):
+            raise ValueError(f"size must look like '512x512', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagineImageRequest:
+        last = (self.seed or 0) + (self.images - 1) * self.increment
+        if self.seed is not None and last > MAX_SEED:
+            raise ValueError(f"the last image's seed {last} exceeds the largest seed {MAX_SEED}")
+        return self
+
+    @property
+    def images(self) -> int:
+        return self.n or 1
+
+    @property
+    def increment(self) -> int:
+        return 100 if self.seed_increment is None else self.seed_increment
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        match = _SIZE_RE.match(self.size or "512x512")
+        assert match is not None  # checked by the validator
+        return int(match.group(1)), int(match.group(2))
+
+
+class ImagineRequest(LenientModel):
+    """``POST /v1/images/imagine``; ``size`` and ``output_format`` are our extensions."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    prompt: str = Field(min_length=1)
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    model: str | None = None
+    size: ImageSize = "1024x1024"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class ImageObject(BaseModel):
+    """An Image object as the API returns it; ``url`` is set only while published."""
+
+    id: str
+    name: str
+    url: str | None
+    width: int
+    height: int
+    format: str
+    size: int = Field(description="Bytes.")
+    created_at: str = Field(description="ISO 8601, UTC.")
+    seed: int | None = None
+
+
+class ImageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ImageObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,0 +1,156 @@
+"""OpenAI Images wire models: requests, responses and errors. Pure pydantic.
+
+Names follow openai-python (``ImagesResponse``, ``ImageData``, ``ErrorObject``) so the
+official SDK parses what we send. Request models accept unknown fields: newer SDKs
+keep adding parameters, and the ingress logs the ones it ignores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.formats import OutputFormat
+from common.sizes import OPENAI_SIZES
+
+ImageSize = Literal[OPENAI_SIZES]  # type: ignore[valid-type]
+ResponseFormat = Literal["url", "b64_json"]
+Background = Literal["transparent", "opaque", "auto"]
+
+# Accepted for compatibility; a diffusion model has no use for them (see README).
+IGNORED_OPENAI_FIELDS = ("quality", "style", "moderation", "user")
+MAX_SEED = 2**63 - 1
+
+
+class LenientModel(BaseModel):
+    """Base for request bodies: unknown fields are kept (and reported), never rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def unknown_fields(self) -> list[str]:
+        return sorted((self.model_extra or {}).keys())
+
+
+class OpenAIImageParams(LenientModel):
+    """What OpenAI's generate and edit requests share, plus our diffusion extensions."""
+
+    model: str | None = Field(
+        default=None, description="Model id or alias; default model if unset."
+    )
+    n: int = Field(default=1, ge=1, le=10, description="Number of images, 1-10.")
+    response_format: ResponseFormat = "b64_json"
+    output_format: OutputFormat = "png"
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    background: Background = "auto"
+    quality: str | None = None
+    style: str | None = None
+    moderation: str | None = None
+    user: str | None = None
+    stream: bool = False
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    # Extensions understood by diffusion models.
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+
+
+class ImageGenerateRequest(OpenAIImageParams):
+    """``POST /v1/images/generations``: OpenAI ``ImageGenerateParams`` plus extensions."""
+
+    prompt: str = Field(min_length=1, description="What to draw.")
+    size: ImageSize = Field(default="auto", description="Output size; 'auto' is 1024x1024.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ImageGenerateRequest:
+        if self.background == "transparent" and self.output_format == "jpeg":
+            raise ValueError(
+                "background='transparent' needs an output_format with alpha "
+                "('png' or 'webp'), got output_format='jpeg'"
+            )
+        if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
+            raise ValueError(f"seed {self.seed} + n - 1 exceeds the largest seed {MAX_SEED}")
+        return self
+
+
+class ImageEditRequest(OpenAIImageParams):
+    """The form fields of an edit (files apart); also variations, with ``prompt`` empty."""
+
+    prompt: str = Field(default="", description="What to change; required for edits.")
+    size: str = Field(default="auto", description="auto, an OpenAI size, or a free WxH.")
+    input_fidelity: Literal["high", "low"] | None = None
+    # Extension: img2img strength (overrides input_fidelity and the configured default).
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _seed_range(self) -> ImageEditRequest:
+        if self.seed is not None and self.seed + self.n - 1 > MAX_SEED:
+            raise ValueError(f"seed {self.seed} + n - 1 exceeds the largest seed {MAX_SEED}")
+        return self
+
+
+class ImageData(BaseModel):
+    """One generated image; ``seed`` is our extension so clients can reproduce it."""
+
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+    seed: int | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    background: Literal["transparent", "opaque"] | None = None
+    output_format: OutputFormat | None = None
+    quality: str | None = None
+    size: str | None = None
+
+
+class ImageStreamEvent(BaseModel):
+    """What every streamed image event carries."""
+
+    type: str
+    b64_json: str
+    background: Literal["transparent", "opaque"]
+    created_at: int
+    output_format: OutputFormat
+    quality: str | None = None
+    size: str
+    # Extension: which of the request's n images this event belongs to.
+    image_index: int = 0
+
+
+class ImageGenPartialImageEvent(ImageStreamEvent):
+    """SSE ``image_generation.partial_image``: a preview while the image forms."""
+
+    type: str = "image_generation.partial_image"
+    partial_image_index: int
+
+
+class ImageGenCompletedEvent(ImageStreamEvent):
+    """SSE ``image_generation.completed``: one per finished image."""
+
+    type: str = "image_generation.completed"
+    # Extension: the image's seed.
+    seed: int | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "imagegen-serve"
+    # Extension: for an alias, the configured model it resolves to.
+    root: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """Serialize a response model without ``None`` fields, as OpenAI does."""
+    return model.model_dump(exclude_none=True)
