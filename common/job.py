@@ -20,6 +20,20 @@ RANDOM_SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """One LoRA adapter a request applies, by its resolved name, at ``scale``.
+
+    The name is what the model replica's adapter registry knows (a file stem in
+    ``loras.dirs``, a hub reference or a URL the ingress has checked). Every image
+    row of a request carries its request's adapters; rows with different adapters
+    may share one UNet call (the delta is applied per row inside each adapted layer).
+    """
+
+    name: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class SchedulerSpec:
     """A diffusers scheduler to swap in for one call: class name plus config overrides.
 
@@ -51,6 +65,8 @@ class GenerationJob:
     scheduler: SchedulerSpec | None = None
     # DeepCache: recompute the UNet's deep features every N steps (None or 1: every step).
     cache_interval: int | None = None
+    # LoRA adapters for every image of this job (empty: the base model alone).
+    loras: tuple[LoraRef, ...] = ()
     # Previews to stream while denoising (0-3); only set for stream=true requests.
     partial_images: int = 0
     # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
