@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.s3server import FOREIGN_AWS_ENV, TEST_AWS_ENV, MotoServer
+from tests.support.s3server import FOREIGN_AWS_ENV, TEST_AWS_ENV, MotoServer
 
 # Built-in models and stored images go to a throwaway folder, never the user's cache.
 # Set before anything starts Ray, so replicas inherit it.

@@ -178,7 +178,7 @@ def hardened_url(ray_serve: int, image_dir: str, base_url: str) -> Iterator[str]
     from ray import serve
 
     from serve_app.app import build_app
-    from tests.integration.hardened import HARDENED_APP, HARDENED_PREFIX, hardened_args
+    from tests.support.hardened_app import HARDENED_APP, HARDENED_PREFIX, hardened_args
 
     secret_dir = tempfile.mkdtemp(prefix="imagegen-keys-")
     args = hardened_args(app_args_for_tests(image_dir), secret_dir)
@@ -194,7 +194,7 @@ def scaling_url(ray_serve: int, image_dir: str) -> Iterator[str]:
     from ray import serve
 
     from serve_app.app import build_app
-    from tests.integration.scaling import SCALING_APP, SCALING_PREFIX, scaling_args
+    from tests.support.scaling_app import SCALING_APP, SCALING_PREFIX, scaling_args
 
     serve.run(
         build_app(scaling_args(serve_config_args(), image_dir)),

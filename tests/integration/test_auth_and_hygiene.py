@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.hardened import API_KEY, CORS_ORIGIN, SECOND_KEY
+from tests.support.hardened_app import API_KEY, CORS_ORIGIN, SECOND_KEY
 
 GEN = "/v1/images/generations"
 

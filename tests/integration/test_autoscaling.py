@@ -8,7 +8,7 @@ states, polled with generous bounds; the load is closed-loop and bounded.
 
 from __future__ import annotations
 
-from tests.integration.scaling import MODEL, Burst, deployment, replica_states, running, wait_for
+from tests.support.scaling_app import MODEL, Burst, deployment, replica_states, running, wait_for
 
 ENCODER = "Encoder"
 UP_TIMEOUT_S = 180

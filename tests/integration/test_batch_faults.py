@@ -23,7 +23,7 @@ import pytest
 from deployments.model.batching import GenerationGroup
 from deployments.model.engine import DiffusersEngine, GroupOutput
 from tests.integration.conftest import app_args_for_tests, wait_until
-from tests.integration.images import decode_b64
+from tests.support.images import decode_b64
 
 FAULTY_APP, FAULTY_PREFIX = "imagegen-faulty", "/faulty"
 POISON = "poisoned-prompt"

@@ -15,8 +15,8 @@ from imagine import ImagineClient
 from imagine.exceptions import ImagineAPIException
 from PIL import Image
 
-from tests.integration.conftest import A1111_PASSWORD, A1111_USER
-from tests.integration.images import assert_close, decode_b64, pixels
+from tests.support.http import webui_auth
+from tests.support.images import assert_close, decode_b64, pixels
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +28,6 @@ def together_client(base_url: str) -> together.Together:
 @pytest.fixture(scope="module")
 def imagine_client(base_url: str) -> Iterator[ImagineClient]:
     yield ImagineClient(endpoint=f"{base_url}/v1", api_key="unused", max_retries=1, timeout=120)
-
-
-def webui_auth() -> dict[str, str]:
-    """What Open WebUI sends: ``authorization: Basic base64(AUTOMATIC1111_API_AUTH)``."""
-    token = base64.b64encode(f"{A1111_USER}:{A1111_PASSWORD}".encode()).decode()
-    return {"authorization": f"Basic {token}"}
 
 
 # --- Together ---------------------------------------------------------------------------

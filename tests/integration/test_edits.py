@@ -19,10 +19,10 @@ import pytest
 import together
 from PIL import Image
 
-from tests.image_server import ImageServer, image_server
 from tests.integration.conftest import IMAGE_SERVER_HOST, TEST_UPLOAD_LIMIT
-from tests.integration.images import decode_b64, pixels
-from tests.integration.test_dialects import webui_auth
+from tests.support.http import webui_auth
+from tests.support.image_server import ImageServer, image_server
+from tests.support.images import decode_b64, pixels
 
 FAST = {"num_inference_steps": 4}
 

@@ -8,18 +8,9 @@ import httpx
 import openai
 import pytest
 
+from tests.support.http import assert_error
+
 ROUTE = "/v1/images/generations"
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None, error_type: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == error_type
-    assert body["error"]["param"] == param
-    assert "Traceback" not in response.text and "/work/" not in response.text
-    assert response.headers.get("x-request-id")
 
 
 @pytest.mark.parametrize(

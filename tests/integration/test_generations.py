@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.sizes import OPENAI_SIZES, parse_size
 from tests.integration.conftest import model_stats
-from tests.integration.images import assert_close, decode_b64, pixels
+from tests.support.images import assert_close, decode_b64, pixels
 
 
 def test_three_1024_pngs(client: openai.OpenAI) -> None:

@@ -12,8 +12,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.integration.images import assert_close, decode_b64
-from tests.integration.test_errors_http import assert_error
+from tests.support.http import assert_error
+from tests.support.images import assert_close, decode_b64
 
 
 @pytest.fixture(params=["local", "s3"])

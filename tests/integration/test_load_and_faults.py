@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from tests.integration.conftest import wait_until
-from tests.integration.hardened import API_KEY, HARDENED_APP, MODEL_ONGOING, MODEL_QUEUED
+from tests.support.hardened_app import API_KEY, HARDENED_APP, MODEL_ONGOING, MODEL_QUEUED
 
 GEN = "/v1/images/generations"
 AUTH = {"authorization": f"Bearer {API_KEY}"}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import openai
 from ray import serve
 
-from tests.integration.images import assert_close, decode_b64
-from tests.integration.scaling import (
+from tests.support.images import assert_close, decode_b64
+from tests.support.scaling_app import (
     MODEL,
     ON_DEMAND,
     SCALING_APP,

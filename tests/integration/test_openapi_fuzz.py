@@ -25,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.integration.hardened import API_KEY
+from tests.support.hardened_app import API_KEY
 
 MAX_EXAMPLES = 12
 AUTH = {"authorization": f"Bearer {API_KEY}"}

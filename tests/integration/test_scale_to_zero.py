@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 
-from tests.integration.images import decode_b64
-from tests.integration.scaling import (
+from tests.support.images import decode_b64
+from tests.support.scaling_app import (
     MAX_QUEUED,
     MODEL,
     ON_DEMAND,

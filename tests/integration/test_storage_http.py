@@ -16,7 +16,7 @@ from PIL import Image
 from storage.signing import UrlSigner
 from tests.conftest import s3_client
 from tests.integration.conftest import S3_URL_TTL_S, TEST_SIGNING_KEY
-from tests.integration.test_errors_http import assert_error
+from tests.support.http import assert_error
 
 
 def test_s3_url_output_is_a_presigned_url_fetched_with_plain_http(

@@ -10,7 +10,7 @@ import httpx
 import openai
 
 from tests.integration.conftest import model_replica_names, model_stats, wait_until
-from tests.integration.images import decode_b64
+from tests.support.images import decode_b64
 
 
 def events_of(client: openai.OpenAI, **params: object) -> list:
@@ -53,7 +53,7 @@ def test_n_images_get_one_completed_event_each(client: openai.OpenAI) -> None:
 
 
 def test_streamed_final_matches_the_non_streamed_image(client: openai.OpenAI) -> None:
-    from tests.integration.images import assert_close
+    from tests.support.images import assert_close
 
     events = events_of(client, partial_images=1, extra_body={"seed": 4242})
     plain = client.images.generate(prompt="a harbour", extra_body={"seed": 4242})

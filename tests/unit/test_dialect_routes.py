@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from common.job import EncodedImage, GenerationJob
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.unit.test_ingress import FakeHandle
+from tests.support.fakes import FakeHandle
 
 GENERATIONS = "/v1/images/generations"
 

@@ -17,7 +17,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob
 from deployments.encoder.codec import paste_outside_mask
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.unit.test_ingress import FakeHandle
+from tests.support.fakes import FakeHandle
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
 UPLOAD_LIMIT = 256 * 1024

@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 
 from common.job import GenerationJob
-from common.model_config import ModelConfig
 from deployments.model.batching import group_jobs
 from deployments.model.engine import DiffusersEngine
 from deployments.model.tiny_sdxl import ensure_tiny_sdxl, resolve_builtin
-
-STEPS = 4
-
-
-def tiny_config(**overrides: object) -> ModelConfig:
-    base = {"id": "tiny", "source": "builtin:tiny-sdxl", "torch_threads": 2, "default_steps": STEPS}
-    return ModelConfig.model_validate({**base, **overrides})
+from tests.support.engines import STEPS, Recorder, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +104,6 @@ def test_scheduler_override(tmp_path: Path) -> None:
 def test_unknown_scheduler_fails_loudly() -> None:
     with pytest.raises(ValueError, match="NopeScheduler"):
         DiffusersEngine(tiny_config(scheduler={"class_name": "NopeScheduler"}))
-
-
-class Recorder:
-    """A step observer that records calls and drops given rows at a given step."""
-
-    def __init__(self, drop_at: int = 0, drop: frozenset[int] = frozenset()) -> None:
-        self.drop_at, self.drop = drop_at, drop
-        self.calls: list[tuple[int, int, list[int]]] = []
-        self.previews: list[np.ndarray] = []
-
-    def __call__(self, step, total, rows, preview):  # type: ignore[no-untyped-def]
-        self.calls.append((step, total, rows))
-        self.previews.append(preview())
-        return set(self.drop) if step == self.drop_at else set()
 
 
 def group_for(*seeds: int):

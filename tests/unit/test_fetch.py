@@ -15,7 +15,7 @@ import pytest
 from common.config import ImageInputConfig
 from common.errors import APIError
 from serve_app.inputs.fetch import ImageFetcher, is_public
-from tests.image_server import ImageServer, image_server, png_bytes
+from tests.support.image_server import ImageServer, image_server, png_bytes
 
 ALLOWED_HOST = "127.0.0.2"
 

@@ -17,7 +17,7 @@ from deployments.encoder.server import Encoder
 from serve_app.asgi.endpoints import OWNER_SCOPE_KEY
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.unit.test_ingress import FakeHandle, ok
+from tests.support.fakes import FakeHandle, ok
 
 KEY = "k" * 32
 

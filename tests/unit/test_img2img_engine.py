@@ -8,7 +8,7 @@ import pytest
 from common.job import GenerationJob
 from deployments.model.batching import group_jobs
 from deployments.model.engine import DiffusersEngine
-from tests.unit.test_engine import Recorder, tiny_config
+from tests.support.engines import Recorder, tiny_config
 
 STEPS = 8
 SIZE = 64

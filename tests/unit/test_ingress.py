@@ -19,45 +19,9 @@ from common.errors import APIError
 from common.job import EncodedImage
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
+from tests.support.fakes import FakeHandle, ok
 
 ROUTE = "/v1/images/generations"
-
-
-class FakeResponse:
-    """Awaitable like a DeploymentResponse; records cancellation."""
-
-    def __init__(self, produce: Callable[[], Any]) -> None:
-        self._produce = produce
-        self.cancelled = False
-
-    def __await__(self):  # type: ignore[no-untyped-def]
-        return self._run().__await__()
-
-    async def _run(self) -> Any:
-        return await self._produce()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeMethod:
-    def __init__(self, produce: Callable[..., Any]) -> None:
-        self._produce = produce
-        self.responses: list[FakeResponse] = []
-
-    def remote(self, *args: Any) -> FakeResponse:
-        async def run() -> Any:
-            return await self._produce(*args)
-
-        response = FakeResponse(run)
-        self.responses.append(response)
-        return response
-
-
-class FakeHandle:
-    def __init__(self, **methods: Callable[..., Any]) -> None:
-        for name, produce in methods.items():
-            setattr(self, name, FakeMethod(produce))
 
 
 async def pixels(job: Any) -> np.ndarray:
@@ -67,10 +31,6 @@ async def pixels(job: Any) -> np.ndarray:
 async def encode(pixels_response: Any, spec: Any) -> list[EncodedImage]:
     result = await pixels_response
     return [EncodedImage(b64_json="AA==") for _ in result]
-
-
-async def ok() -> bool:
-    return True
 
 
 ON_DEMAND = {

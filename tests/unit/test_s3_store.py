@@ -15,7 +15,7 @@ from storage.base import output_key
 from storage.factory import make_store
 from storage.s3 import S3ImageStore
 from tests.conftest import s3_client
-from tests.s3server import free_port
+from tests.support.s3server import free_port
 from tests.unit.conftest import SIGNING_KEY, s3_config
 
 

@@ -1,0 +1,1 @@
+"""Test support: fakes, helper apps and servers, image helpers. No tests live here."""
