@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common.errors import APIError, invalid
+from common.paths import A1111_API
 
 if TYPE_CHECKING:
     from common.config import ImageInputConfig, IngressConfig
@@ -38,7 +39,7 @@ MULTIPART = "multipart/form-data"
 
 
 # JSON routes whose bodies carry images (base64), so the upload limit applies to them.
-IMAGE_JSON_ROUTES = frozenset({"/sdapi/v1/img2img"})
+IMAGE_JSON_ROUTES = frozenset({f"{A1111_API}/img2img"})
 
 
 @dataclass(frozen=True)

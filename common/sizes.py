@@ -8,6 +8,8 @@ The table is per model (``ModelConfig.buckets``): an SD 1.5 model has other buck
 
 from __future__ import annotations
 
+import re
+
 # The sizes OpenAI's Images API takes, in its documented order.
 OPENAI_SIZES = (
     "auto",
@@ -35,14 +37,22 @@ SDXL_BUCKETS: dict[str, tuple[int, int]] = {
 AUTO_OUTPUT = (1024, 1024)
 
 
-def parse_size(size: str) -> tuple[int, int]:
-    """``"1536x1024"`` -> ``(1536, 1024)`` as (width, height); ``auto`` -> 1024x1024."""
-    if size == "auto":
-        return AUTO_OUTPUT
-    width, sep, height = size.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+# ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
+_WXH = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+
+
+def parse_size(size: str, auto: tuple[int, int] | None = AUTO_OUTPUT) -> tuple[int, int]:
+    """``"1536x1024"`` -> ``(1536, 1024)`` as (width, height): the one WxH parser.
+
+    ``auto`` is what ``"auto"`` means (``None``: not a size in this dialect). Raises
+    ``ValueError`` for anything else; callers turn it into their own 400.
+    """
+    if size == "auto" and auto is not None:
+        return auto
+    match = _WXH.fullmatch(size)
+    if match is None:
         raise ValueError(f"size must look like '1024x1024', got {size!r}")
-    return int(width), int(height)
+    return int(match.group(1)), int(match.group(2))
 
 
 def scaled_bucket(bucket: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:

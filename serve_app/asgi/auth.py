@@ -25,12 +25,13 @@ from pathlib import Path
 
 from common.config import ApiKeysConfig
 from common.errors import APIError
+from common.paths import A1111_ROOT
 
 logger = logging.getLogger("imagegen.auth")
 
 MIN_KEY_CHARS = 16
 OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
-OPEN_PREFIXES = ("/sdapi/", "/v1/images/files/", "/v1/images/public/")
+OPEN_PREFIXES = (A1111_ROOT, "/v1/images/files/", "/v1/images/public/")
 
 
 def needs_api_key(path: str) -> bool:

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from common import limits
 from common.errors import APIError, from_exception, invalid
+from common.paths import A1111_ROOT
 from common.request_context import new_request_id, sane_request_id
 
 logger = logging.getLogger("imagegen.http")
@@ -32,7 +33,6 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
-A1111_PREFIX = "/sdapi/"
 ErrorShape = Literal["openai", "a1111"]
 
 
@@ -102,7 +102,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         )
     else:
         err = APIError("invalid_request", str(exc.detail))
-    return error_response(err, "a1111" if request.url.path.startswith(A1111_PREFIX) else "openai")
+    return error_response(err, "a1111" if request.url.path.startswith(A1111_ROOT) else "openai")
 
 
 def generation_headers(seeds: tuple[int, ...], model_id: str) -> dict[str, str]:

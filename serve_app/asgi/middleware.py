@@ -32,10 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import limits
 from common.config import ImageInputConfig, IngressConfig
 from common.errors import APIError, from_exception
+from common.paths import A1111_ROOT
 from common.request_context import REQUEST_ID, new_request_id, sane_request_id
 from serve_app.asgi.auth import ApiKeys, needs_api_key
 from serve_app.asgi.endpoints import (
-    A1111_PREFIX,
     OWNER_SCOPE_KEY,
     REQUEST_ID_SCOPE_KEY,
     error_response,
@@ -76,7 +76,7 @@ class GuardMiddleware:
             return
         headers = Headers(scope=scope)
         path = route_path(scope)
-        shape = "a1111" if path.startswith(A1111_PREFIX) else "openai"
+        shape = "a1111" if path.startswith(A1111_ROOT) else "openai"
         # 1. The request id, for logs, messages and the response.
         incoming = headers.get("x-request-id")
         request_id = sane_request_id(incoming) or new_request_id()

@@ -20,7 +20,15 @@ from common.errors import APIError, check_image_count, validate
 from common.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
-from serve_app.dialects.base import free_size, log_ignored, unsupported
+from serve_app.dialects.base import (
+    Context,
+    Dialect,
+    Translation,
+    free_size,
+    log_ignored,
+    new_job,
+    unsupported,
+)
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
@@ -129,16 +137,15 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         raise APIError(
             "unprocessable", f"seed {base} + {n} images exceeds the largest seed", param="seed"
         )
-    guidance = model.default_guidance if req.cfg_scale is None else req.cfg_scale
-    return GenerationJob(
-        request_id=request_id,
+    return new_job(
+        model,
+        request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt or None,
         seeds=assign_seeds(n, base),
-        gen_width=gen_w,
-        gen_height=gen_h,
+        gen_size=(gen_w, gen_h),
         steps=steps,
-        guidance=float(guidance),
+        guidance=req.cfg_scale,
         scheduler=scheduler,
     )
 
@@ -219,3 +226,18 @@ def build_response(
         "parameters": req.model_dump(),
         "info": json.dumps(info),
     }
+
+
+async def translate(
+    req: Txt2ImgRequest, model: ModelConfig, ctx: Context
+) -> Translation[dict[str, Any]]:
+    job = to_job(req, model, ctx.request_id)
+    spec = to_encode_spec(req, ctx.request_id)
+    return Translation(job, spec, lambda images: build_response(req, model, job, images))
+
+
+# The model is the request's sd_model_checkpoint override; without one, the route
+# uses the client's saved checkpoint (routes/a1111.py), then the default model.
+TXT2IMG: Dialect[Txt2ImgRequest, dict[str, Any]] = Dialect(
+    name="a1111", parse=parse, model_name=checkpoint_override, translate=translate
+)

@@ -9,6 +9,7 @@ Output size is ``width`` x ``height``; the init image is stretched to it (A1111'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -21,7 +22,7 @@ from common.errors import invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob
 from common.model_config import ModelConfig
 from serve_app.dialects import a1111
-from serve_app.dialects.base import unsupported
+from serve_app.dialects.base import Context, Dialect, Translation, unsupported
 from serve_app.inputs.uploads import decode_image, mask_from_luminance, with_init_image
 from serve_app.protocol.a1111 import Img2ImgRequest
 
@@ -99,3 +100,16 @@ def build_response(
         response["parameters"]["init_images"] = None
         response["parameters"]["mask"] = None
     return response
+
+
+async def translate(
+    req: Img2ImgRequest, model: ModelConfig, ctx: Context
+) -> Translation[dict[str, Any]]:
+    # Decoding base64 images is CPU work: a worker thread, so the loop keeps serving.
+    job, spec = await asyncio.to_thread(to_job, req, model, ctx.request_id, ctx.images)
+    return Translation(job, spec, lambda images: build_response(req, model, job, images))
+
+
+IMG2IMG: Dialect[Img2ImgRequest, dict[str, Any]] = Dialect(
+    name="a1111_img2img", parse=parse, model_name=a1111.checkpoint_override, translate=translate
+)

@@ -1,57 +1,125 @@
-"""What every dialect shares: free sizes, ignored-field logging, the dialect record.
+"""The one contract every dialect meets, and what they all share.
 
-A dialect only translates: a request body into the canonical :class:`GenerationJob`
-and :class:`EncodeSpec`, and the encoded images back into its response shape.
-Batching, generation and encoding are the same code for all of them.
+A dialect only translates. :class:`Dialect` ``parse`` turns a body into its request
+model, ``model_name`` says which model it asks for, and ``translate`` turns the
+request and the chosen model into a :class:`Translation`: the canonical
+:class:`GenerationJob`, the :class:`EncodeSpec`, how to shape the encoded images
+into the response, and the stream format when the request asked for a stream.
+Every route then does the same four things: parse, resolve the model, translate,
+run the translation through the ingress. Batching, generation and encoding are the
+same code for all of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from common.errors import APIError, invalid
-from common.job import EncodedImage, EncodeSpec, GenerationJob
+from common.job import EncodedImage, EncodeSpec, GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
-from serve_app.streaming.sse import StreamFormat
+
+if TYPE_CHECKING:
+    from common.config import ImageInputConfig
+    from serve_app.inputs.fetch import ImageFetcher
+    from serve_app.streaming.sse import StreamFormat
 
 logger = logging.getLogger("imagegen.dialects")
 
 DialectName = Literal["openai", "together", "imagine"]
+Req = TypeVar("Req")
+Out = TypeVar("Out")
 
 
 @dataclass(frozen=True)
-class Dialect:
-    """One request/response shape on ``POST /v1/images/generations``.
+class Context:
+    """What a translation may need beyond the request and the model.
 
     Attributes:
-        name: what ``X-Imagegen-Dialect`` names and the response header reports.
-        parse: JSON body -> validated request model (raises a 400 ``APIError``).
-        model_name: the request's model id or alias (``None``: the default model).
-        to_job: request, model, request id -> the canonical job.
-        to_encode_spec: request, model, request id, base URL -> how to encode.
-        build_response: request, model, job, encoded images -> the JSON body.
-        stream_format: request, model, job, encode spec -> how its server-sent events look,
-            or ``None`` when the request did not ask for a stream.
-        image_url: the request's init image URL (image-to-image), or None.
-        strength: the request's img2img strength, or None for the configured default.
+        request_id: the request's id (the job's, the logs').
+        images: input-image limits and img2img strength defaults.
+        base_url: where ``url`` outputs point (``None``: the dialect never returns URLs).
+        fetcher: the SSRF-safe fetcher for image URLs (Together's ``image_url``).
+        owner: whose stored images these are (the imagine images API).
     """
 
-    name: DialectName
-    parse: Callable[[Any], Any]
-    model_name: Callable[[Any], str | None]
-    to_job: Callable[[Any, ModelConfig, str], GenerationJob]
-    to_encode_spec: Callable[[Any, ModelConfig, str, str | None], EncodeSpec]
-    build_response: Callable[
-        [Any, ModelConfig, GenerationJob, Sequence[EncodedImage]], dict[str, Any]
-    ]
-    stream_format: Callable[[Any, ModelConfig, GenerationJob, EncodeSpec], StreamFormat | None] = (
-        lambda req, model, job, spec: None
+    request_id: str
+    images: ImageInputConfig
+    base_url: str | None = None
+    fetcher: ImageFetcher | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Translation(Generic[Out]):
+    """A request translated: what to generate, how to encode it, how to answer.
+
+    Attributes:
+        job: the canonical job for the model deployment.
+        spec: how the encoder writes the images.
+        respond: the encoded images -> the dialect's response (a JSON body, or for the
+            imagine images API the record to save).
+        stream: the server-sent-event format, or ``None`` for a plain response.
+    """
+
+    job: GenerationJob
+    spec: EncodeSpec
+    respond: Callable[[Sequence[EncodedImage]], Out]
+    stream: StreamFormat | None = None
+
+
+@dataclass(frozen=True)
+class Dialect(Generic[Req, Out]):
+    """One client dialect, whatever route serves it.
+
+    Attributes:
+        name: the dialect's name (``X-Imagegen-Dialect`` on the generations route).
+        parse: body (JSON, or the edits' multipart form) -> validated request (4xx).
+        model_name: the request's model id or alias (``None`` or ``""``: the default).
+        translate: request, model, context -> the translation (may decode or fetch
+            input images, so it is awaited).
+    """
+
+    name: str
+    parse: Callable[[Any], Req]
+    model_name: Callable[[Req], str | None]
+    translate: Callable[[Req, ModelConfig, Context], Awaitable[Translation[Out]]]
+
+
+def new_job(
+    model: ModelConfig,
+    request_id: str,
+    *,
+    prompt: str,
+    seeds: tuple[int, ...],
+    gen_size: tuple[int, int],
+    steps: int,
+    guidance: float | None,
+    negative_prompt: str | None = None,
+    scheduler: SchedulerSpec | None = None,
+    cache_interval: int | None = None,
+    partial_images: int = 0,
+) -> GenerationJob:
+    """The canonical job from values a dialect has already resolved and checked.
+
+    The one default filled in here is the model's guidance for ``guidance=None``, so
+    that every dialect means the same by "not sent".
+    """
+    return GenerationJob(
+        request_id=request_id,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seeds=seeds,
+        gen_width=gen_size[0],
+        gen_height=gen_size[1],
+        steps=steps,
+        guidance=float(model.default_guidance if guidance is None else guidance),
+        scheduler=scheduler,
+        cache_interval=cache_interval,
+        partial_images=partial_images,
     )
-    image_url: Callable[[Any], str | None] = lambda req: None
-    strength: Callable[[Any], float | None] = lambda req: None
 
 
 def free_size(
@@ -75,6 +143,7 @@ def default_steps(model: ModelConfig, dialect_default: int) -> int:
 
 
 def log_ignored(request_id: str, dialect: str, fields: Sequence[str]) -> None:
+    """One log line naming every accepted-but-ignored field (clients keep adding them)."""
     if fields:
         logger.info("request %s (%s): ignoring fields %s", request_id, dialect, list(fields))
 

@@ -1,26 +1,25 @@
-"""The imagine images API dialect: wire models and translation onto the canonical job.
+"""The imagine images API dialect: translation onto the canonical job, Image objects.
 
 ``POST /v1/images/imagine`` generates exactly one image through the same path as
-OpenAI generations (the request is translated into an ``ImageGenerateRequest``, so
-every model limit is checked once, in one place) and keeps it as a named Image object.
+OpenAI generations (checked by the same ``check_openai`` rules, with this API's own
+values) and keeps it as a named Image object.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
+from collections.abc import Sequence
 from typing import Any
 
-from common.errors import invalid, validate
-from common.job import EncodeSpec, GenerationJob
+from common.errors import check_image_count, invalid, validate
+from common.job import EncodedImage, EncodeSpec, assign_seeds
 from common.model_config import ModelConfig
 from common.sizes import parse_size
-from serve_app.dialects import openai as openai_images
+from serve_app.asgi.endpoints import DEFAULT_OWNER
+from serve_app.dialects.base import Context, Dialect, Translation, log_ignored, new_job
+from serve_app.dialects.openai import check_openai
 from serve_app.protocol.imagine import MAX_NAME_CHARS, ImageObject, ImagineRequest
-from serve_app.protocol.openai import ImageGenerateRequest
-from storage.catalog import ImageCatalog, ImageRecord, id_created_ms, iso_utc
-
-logger = logging.getLogger("imagegen.imagine")
+from storage.base import image_data_key
+from storage.catalog import ImageCatalog, ImageRecord, id_created_ms, iso_utc, new_image_id
 
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
@@ -30,42 +29,69 @@ def parse_imagine(body: Any) -> ImagineRequest:
     return validate(ImagineRequest, body)
 
 
-def to_job_and_spec(
-    req: ImagineRequest, model: ModelConfig, request_id: str, data_key: str
-) -> tuple[GenerationJob, EncodeSpec]:
-    """One image, generated like an OpenAI request, stored by the encoder at ``data_key``."""
-    if req.unknown_fields():
-        logger.info("request %s: ignoring fields %s", request_id, req.unknown_fields())
-    generate = ImageGenerateRequest(
+async def translate(
+    req: ImagineRequest, model: ModelConfig, ctx: Context
+) -> Translation[ImageRecord]:
+    """One image, checked by OpenAI's rules, that the encoder stores under a new id.
+
+    The response is the :class:`ImageRecord` the route saves (``spec.store_keys[0]``
+    holds the bytes' key, for cleaning up when saving fails).
+    """
+    owner = ctx.owner or DEFAULT_OWNER
+    width, height = parse_size(req.size)
+    steps = model.default_steps
+    check_openai(
+        model,
+        prompt=req.prompt,
+        n=1,
+        steps=steps,
+        negative_prompt=req.negative_prompt,
+        size=(width, height),
+    )
+    log_ignored(ctx.request_id, "imagine_api", req.unknown_fields())
+    job = new_job(
+        model,
+        ctx.request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
-        seed=req.seed,
-        model=req.model,
-        size=req.size,
-        output_format=req.output_format,
-        n=1,
+        seeds=assign_seeds(1, req.seed),
+        gen_size=model.generation_size(req.size),
+        steps=steps,
+        guidance=None,
     )
-    job = openai_images.to_job(generate, model, request_id)
-    spec = openai_images.to_encode_spec(generate, request_id, base_url=None)
-    return job, dataclasses.replace(spec, response_format="stored", store_keys=(data_key,))
-
-
-def new_record(
-    req: ImagineRequest, owner: str, model: ModelConfig, image_id: str, seed: int, size: int
-) -> ImageRecord:
-    width, height = parse_size(req.size)
-    return ImageRecord(
-        id=image_id,
-        owner=owner,
-        name=req.name,
+    image_id = new_image_id()
+    data_key = image_data_key(owner, image_id, req.output_format)
+    spec = EncodeSpec(
+        request_id=ctx.request_id,
         width=width,
         height=height,
-        format=req.output_format,
-        size=size,
-        created_at=iso_utc(id_created_ms(image_id)),
-        seed=seed,
-        model=model.id,
+        output_format=req.output_format,
+        compression=None,
+        response_format="stored",
+        store_keys=(data_key,),
     )
+
+    def record(images: Sequence[EncodedImage]) -> ImageRecord:
+        check_image_count(len(images), 1)
+        return ImageRecord(
+            id=image_id,
+            owner=owner,
+            name=req.name,
+            width=width,
+            height=height,
+            format=req.output_format,
+            size=images[0].byte_size,
+            created_at=iso_utc(id_created_ms(image_id)),
+            seed=job.seeds[0],
+            model=model.id,
+        )
+
+    return Translation(job, spec, record)
+
+
+DIALECT: Dialect[ImagineRequest, ImageRecord] = Dialect(
+    name="imagine_api", parse=parse_imagine, model_name=lambda req: req.model, translate=translate
+)
 
 
 def to_object(record: ImageRecord, public_url: str | None) -> ImageObject:

@@ -31,7 +31,15 @@ from common.errors import check_image_count, invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
-from serve_app.dialects.base import Dialect, default_steps, free_size, log_ignored
+from serve_app.dialects.base import (
+    Context,
+    Dialect,
+    Translation,
+    default_steps,
+    free_size,
+    log_ignored,
+    new_job,
+)
 from serve_app.protocol.imagine import ImagineImageRequest
 from serve_app.streaming.imagine import ImagineStream
 
@@ -66,16 +74,15 @@ def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> Gen
     width, height = req.width_height
     gen_w, gen_h = free_size(model, width, height, ("size", "size"))
     log_ignored(request_id, "imagine", req.unknown_fields())
-    guidance = model.default_guidance if req.guidance_scale is None else req.guidance_scale
-    return GenerationJob(
-        request_id=request_id,
+    return new_job(
+        model,
+        request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         seeds=assign_seeds(req.images, req.seed, req.increment),
-        gen_width=gen_w,
-        gen_height=gen_h,
+        gen_size=(gen_w, gen_h),
         steps=steps,
-        guidance=float(guidance),
+        guidance=req.guidance_scale,
         cache_interval=req.cache_interval,
         partial_images=IMAGINE_STREAM_PARTIALS if req.stream else 0,
     )
@@ -134,12 +141,15 @@ def stream_format(
     return ImagineStream(lambda images: build_response(req, model, job, images))
 
 
-DIALECT = Dialect(
-    name="imagine",
-    parse=parse,
-    model_name=lambda req: req.model,
-    to_job=to_job,
-    to_encode_spec=to_encode_spec,
-    build_response=build_response,
-    stream_format=stream_format,
+async def translate(
+    req: ImagineImageRequest, model: ModelConfig, ctx: Context
+) -> Translation[dict[str, Any]]:
+    job = to_job(req, model, ctx.request_id)
+    spec = to_encode_spec(req, model, ctx.request_id, ctx.base_url)
+    respond = lambda images: build_response(req, model, job, images)  # noqa: E731
+    return Translation(job, spec, respond, stream_format(req, model, job, spec))
+
+
+DIALECT: Dialect[ImagineImageRequest, dict[str, Any]] = Dialect(
+    name="imagine", parse=parse, model_name=lambda req: req.model, translate=translate
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,15 +11,16 @@ from common.errors import check_image_count, invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.model_config import ModelConfig
 from common.sizes import parse_size
+from serve_app.dialects.base import Context, Dialect, Translation, log_ignored, new_job
 from serve_app.protocol.openai import (
     IGNORED_OPENAI_FIELDS,
     ImageData,
     ImageGenerateRequest,
     ImagesResponse,
+    OpenAIImageParams,
     dump,
 )
-
-logger = logging.getLogger("imagegen.openai")
+from serve_app.streaming.openai import OpenAIStream
 
 
 def parse_generate(body: Any) -> ImageGenerateRequest:
@@ -28,15 +28,31 @@ def parse_generate(body: Any) -> ImageGenerateRequest:
     return validate(ImageGenerateRequest, body)
 
 
-def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:
-    """Rules that depend on the chosen model's limits and abilities."""
-    if req.stream and req.response_format == "url":
+def check_openai(
+    model: ModelConfig,
+    *,
+    prompt: str,
+    n: int,
+    steps: int,
+    negative_prompt: str | None = None,
+    size: tuple[int, int] | None = None,
+    background: str = "auto",
+    stream: bool = False,
+    response_format: str = "b64_json",
+) -> None:
+    """OpenAI's rules that depend on the chosen model, for every caller's own values
+    (generations, edits and variations, the imagine images API).
+
+    ``size`` is the output size when it is known before the input image is read;
+    otherwise the ingress's ``check_job`` checks the pixels of the finished spec.
+    """
+    if stream and response_format == "url":
         raise invalid(
             "stream=true sends images as b64_json; response_format='url' cannot be streamed.",
             param="response_format",
             code="unsupported_value",
         )
-    if req.background == "transparent":
+    if background == "transparent":
         raise invalid(
             f"Model '{model.id}' cannot generate transparent backgrounds "
             "(SDXL pipelines produce no alpha channel); use background='opaque' or 'auto'.",
@@ -45,34 +61,44 @@ def check_against_model(req: ImageGenerateRequest, model: ModelConfig) -> None:
         )
     limits.check_request(
         model,
-        n=req.n,
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        steps=req.num_inference_steps or model.default_steps,
+        n=n,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
         steps_param="num_inference_steps",
     )
-    width, height = parse_size(req.size)
-    limits.check_pixels(model, req.n, width, height, "n")
+    if size is not None:
+        limits.check_pixels(model, n, size[0], size[1], "n")
+
+
+def ignored_openai_fields(req: OpenAIImageParams) -> list[str]:
+    """The OpenAI fields a diffusion model has no use for, plus unknown ones."""
+    return [f for f in IGNORED_OPENAI_FIELDS if getattr(req, f) is not None] + req.unknown_fields()
 
 
 def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:
-    check_against_model(req, model)
-    ignored = [f for f in IGNORED_OPENAI_FIELDS if getattr(req, f) is not None]
-    unknown = req.unknown_fields()
-    if ignored or unknown:
-        logger.info("request %s: ignoring fields %s", request_id, ignored + unknown)
-    gen_w, gen_h = model.generation_size(req.size)
     steps = req.num_inference_steps or model.default_steps
-    guidance = model.default_guidance if req.guidance_scale is None else req.guidance_scale
-    return GenerationJob(
-        request_id=request_id,
+    check_openai(
+        model,
+        prompt=req.prompt,
+        n=req.n,
+        steps=steps,
+        negative_prompt=req.negative_prompt,
+        size=parse_size(req.size),
+        background=req.background,
+        stream=req.stream,
+        response_format=req.response_format,
+    )
+    log_ignored(request_id, "openai", ignored_openai_fields(req))
+    return new_job(
+        model,
+        request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         seeds=assign_seeds(req.n, req.seed),
-        gen_width=gen_w,
-        gen_height=gen_h,
+        gen_size=model.generation_size(req.size),
         steps=steps,
-        guidance=float(guidance),
+        guidance=req.guidance_scale,
         partial_images=(req.partial_images or 0) if req.stream else 0,
     )
 
@@ -118,3 +144,17 @@ def images_response(
         size=size,
     )
     return dump(response)
+
+
+async def translate(
+    req: ImageGenerateRequest, model: ModelConfig, ctx: Context
+) -> Translation[dict[str, Any]]:
+    job = to_job(req, model, ctx.request_id)
+    spec = to_encode_spec(req, ctx.request_id, ctx.base_url)
+    stream = OpenAIStream("image_generation", job, spec, req.quality) if req.stream else None
+    return Translation(job, spec, lambda images: build_response(req, job.seeds, images), stream)
+
+
+DIALECT: Dialect[ImageGenerateRequest, dict[str, Any]] = Dialect(
+    name="openai", parse=parse_generate, model_name=lambda req: req.model, translate=translate
+)

@@ -8,12 +8,16 @@ Strength (the share of the denoising schedule that runs, so how far the result m
 move from the input): ``strength`` if sent (extension), else ``input_fidelity``
 ``high`` -> 0.5, else the configured default (img2img 0.75, inpaint 1.0,
 variations 0.6). ``input_fidelity: low`` is the default.
+
+Forms are strings by nature, so these fields stay in pydantic's lax mode (``"2"`` is
+2), unlike the JSON dialects, which are strict as OpenAI's JSON API is.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,23 +26,77 @@ from common.config import ImageInputConfig
 from common.errors import invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, Overlay, assign_seeds
 from common.model_config import ModelConfig
-from common.sizes import parse_size
-from serve_app.dialects.base import free_size
-from serve_app.dialects.openai import check_against_model, images_response
-from serve_app.inputs.uploads import InputImage, mask_from_alpha, with_init_image
-from serve_app.protocol.openai import (
-    IGNORED_OPENAI_FIELDS,
-    OPENAI_SIZES,
-    ImageEditRequest,
-    ImageGenerateRequest,
-)
-
-logger = logging.getLogger("imagegen.edits")
+from common.sizes import OPENAI_SIZES, parse_size
+from serve_app.dialects.base import Context, Dialect, Translation, free_size, log_ignored, new_job
+from serve_app.dialects.openai import check_openai, ignored_openai_fields, images_response
+from serve_app.inputs.uploads import InputImage, decode_image, mask_from_alpha, with_init_image
+from serve_app.protocol.openai import ImageEditRequest
+from serve_app.streaming.openai import OpenAIStream
 
 HIGH_FIDELITY_STRENGTH = 0.5
 # size=auto picks the OpenAI size closest to the input's aspect ratio, as gpt-image-1 does.
 AUTO_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 FILE_FIELDS = ("image", "image[]", "mask")
+
+
+@dataclass(frozen=True)
+class EditForm:
+    """An edit or variation form, split: the images (undecoded), the mask, the fields."""
+
+    images: tuple[tuple[str, bytes], ...]
+    mask: bytes | None
+    request: ImageEditRequest
+
+    def decode(self, limits: ImageInputConfig) -> tuple[InputImage, InputImage | None]:
+        """Decode and check every image (the first is the init image) and the mask."""
+        if len(self.images) > limits.max_input_images:
+            raise invalid(
+                f"{len(self.images)} images sent; at most {limits.max_input_images} are accepted.",
+                "image",
+                "too_many_images",
+            )
+        decoded = [decode_image(data, param, limits) for param, data in self.images]
+        mask = None if self.mask is None else decode_image(self.mask, "mask", limits)
+        return decoded[0], mask
+
+
+def split_form(
+    items: list[tuple[str, object]],
+) -> tuple[list[tuple[str, bytes]], bytes | None, dict[str, Any]]:
+    """-> (images as (param, bytes), mask bytes, the other fields)."""
+    images: list[tuple[str, bytes]] = []
+    mask: bytes | None = None
+    fields: dict[str, Any] = {}
+    for name, value in items:
+        if name in FILE_FIELDS:
+            if not isinstance(value, bytes):
+                raise invalid(f"'{name}' must be a file upload, not a text field.", name)
+            if name == "mask":
+                if mask is not None:
+                    raise invalid("Send one mask.", "mask")
+                mask = value
+            else:
+                images.append((f"{name}" if name == "image" else f"image[{len(images)}]", value))
+        elif isinstance(value, bytes):
+            raise invalid(f"Unexpected file field '{name}'.", name)
+        else:
+            fields[name] = value
+    if not images:
+        raise invalid(
+            "Missing required parameter: 'image' (a png, jpeg or webp file; "
+            "'image[]' for several).",
+            "image",
+            "missing_required_parameter",
+        )
+    return images, mask, fields
+
+
+def parse_form(items: list[tuple[str, object]], variation: bool) -> EditForm:
+    """The multipart items -> the split, validated form (images still undecoded)."""
+    images, mask, fields = split_form(items)
+    if variation and mask is not None:
+        raise invalid("Variations take no mask; use /v1/images/edits.", "mask")
+    return EditForm(tuple(images), mask, parse_fields(fields, variation))
 
 
 def parse_fields(fields: dict[str, Any], variation: bool) -> ImageEditRequest:
@@ -62,15 +120,15 @@ def output_and_generation_size(
         size = min(AUTO_SIZES, key=lambda s: abs(np.log(_ratio(s)) - np.log(width / height)))
     if size in OPENAI_SIZES:
         return parse_size(size), model.generation_size(size)
-    width_s, sep, height_s = size.partition("x")
-    if not (sep and width_s.isdigit() and height_s.isdigit()):
+    try:
+        width, height = parse_size(size, auto=None)
+    except ValueError:
         raise invalid(
             f"Invalid size '{req.size}': use auto, one of {list(OPENAI_SIZES[1:])} "
             "or WIDTHxHEIGHT.",
             "size",
             "invalid_size",
-        )
-    width, height = int(width_s), int(height_s)
+        ) from None
     if width < 64 or height < 64:
         raise invalid(f"Invalid size '{req.size}': each side must be at least 64.", "size")
     return (width, height), free_size(model, width, height, ("size", "size"))
@@ -99,22 +157,28 @@ def to_job(
     variation: bool = False,
 ) -> tuple[GenerationJob, tuple[int, int], Overlay | None]:
     """The img2img (or, with a mask, inpaint) job; returns (job, output size, overlay)."""
-    # The generation checks (n, prompt length, steps, background, stream+url) are shared.
-    check_against_model(_as_generate(req), model)
-    ignored = [f for f in IGNORED_OPENAI_FIELDS if getattr(req, f) is not None]
-    if ignored or req.unknown_fields():
-        logger.info("request %s: ignoring fields %s", request_id, ignored + req.unknown_fields())
-    output_size, (gen_w, gen_h) = output_and_generation_size(req, model, image)
-    guidance = model.default_guidance if req.guidance_scale is None else req.guidance_scale
-    job = GenerationJob(
-        request_id=request_id,
+    steps = req.num_inference_steps or model.default_steps
+    # The output size depends on the image, so check_job checks the pixels later.
+    check_openai(
+        model,
+        prompt=req.prompt,
+        n=req.n,
+        steps=steps,
+        background=req.background,
+        stream=req.stream,
+        response_format=req.response_format,
+    )
+    log_ignored(request_id, "openai_edits", ignored_openai_fields(req))
+    output_size, gen_size = output_and_generation_size(req, model, image)
+    job = new_job(
+        model,
+        request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         seeds=assign_seeds(req.n, req.seed),
-        gen_width=gen_w,
-        gen_height=gen_h,
-        steps=req.num_inference_steps or model.default_steps,
-        guidance=float(guidance),
+        gen_size=gen_size,
+        steps=steps,
+        guidance=req.guidance_scale,
         partial_images=(req.partial_images or 0) if req.stream else 0,
     )
     if variation:
@@ -124,18 +188,6 @@ def to_job(
     repaint = None if mask is None else mask_from_alpha(mask, image)
     job, overlay = with_init_image(job, image, strength_for(req, default), repaint, output_size)
     return job, output_size, overlay
-
-
-def _as_generate(req: ImageEditRequest) -> ImageGenerateRequest:
-    """The fields the generation checks read, in the generation request's model."""
-    return ImageGenerateRequest.model_construct(
-        prompt=req.prompt,
-        n=req.n,
-        response_format=req.response_format,
-        background=req.background,
-        stream=req.stream,
-        num_inference_steps=req.num_inference_steps,
-    )
 
 
 def to_encode_spec(
@@ -162,3 +214,38 @@ def build_response(
 ) -> dict[str, Any]:
     size = f"{spec.width}x{spec.height}"
     return images_response(req.output_format, req.quality, size, seeds, images)
+
+
+def _translator(
+    variation: bool,
+) -> Callable[[EditForm, ModelConfig, Context], Awaitable[Translation[dict[str, Any]]]]:
+    async def translate(
+        form: EditForm, model: ModelConfig, ctx: Context
+    ) -> Translation[dict[str, Any]]:
+        # Decoding is CPU work on untrusted bytes: a worker thread, so the loop keeps serving.
+        image, mask = await asyncio.to_thread(form.decode, ctx.images)
+        req = form.request
+        job, output_size, overlay = to_job(
+            req, model, ctx.request_id, image, mask, ctx.images, variation
+        )
+        spec = to_encode_spec(req, ctx.request_id, output_size, ctx.base_url, overlay)
+        stream = OpenAIStream("image_edit", job, spec, req.quality) if req.stream else None
+        return Translation(
+            job, spec, lambda images: build_response(req, spec, job.seeds, images), stream
+        )
+
+    return translate
+
+
+EDITS: Dialect[EditForm, dict[str, Any]] = Dialect(
+    name="openai_edits",
+    parse=lambda form: parse_form(form, variation=False),
+    model_name=lambda form: form.request.model,
+    translate=_translator(variation=False),
+)
+VARIATIONS: Dialect[EditForm, dict[str, Any]] = Dialect(
+    name="openai_variations",
+    parse=lambda form: parse_form(form, variation=True),
+    model_name=lambda form: form.request.model,
+    translate=_translator(variation=True),
+)

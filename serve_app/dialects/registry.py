@@ -1,34 +1,19 @@
-"""Client dialects: each translates its own request shape into the one ``GenerationJob``.
+"""The dialects of ``POST /v1/images/generations``, by the name ``detect.py`` returns.
 
-``REGISTRY`` maps the dialects of ``POST /v1/images/generations`` to their
-translators; ``detect.py`` decides which one a request speaks. The A1111 dialect
-has its own routes (``routes/a1111.py``) and its own module, ``a1111.py``.
+Every other dialect has routes of its own and is named there directly: OpenAI edits
+and variations (``openai_edits``), the imagine images API (``imagine_api``) and
+AUTOMATIC1111 (``a1111``, ``a1111_img2img``). All of them are :class:`Dialect` records.
 """
 
 from __future__ import annotations
 
-from serve_app.dialects import imagine_sdk as imagine
-from serve_app.dialects import openai as openai_images
-from serve_app.dialects import together
+from typing import Any
+
+from serve_app.dialects import imagine_sdk, openai, together
 from serve_app.dialects.base import Dialect, DialectName
-from serve_app.streaming.openai import OpenAIStream
 
-OPENAI = Dialect(
-    name="openai",
-    parse=openai_images.parse_generate,
-    model_name=lambda req: req.model,
-    to_job=openai_images.to_job,
-    to_encode_spec=lambda req, model, rid, base: openai_images.to_encode_spec(req, rid, base),
-    build_response=lambda req, model, job, images: openai_images.build_response(
-        req, job.seeds, images
-    ),
-    stream_format=lambda req, model, job, spec: (
-        OpenAIStream("image_generation", job, spec, req.quality) if req.stream else None
-    ),
-)
-
-REGISTRY: dict[DialectName, Dialect] = {
-    "openai": OPENAI,
+REGISTRY: dict[DialectName, Dialect[Any, dict[str, Any]]] = {
+    "openai": openai.DIALECT,
     "together": together.DIALECT,
-    "imagine": imagine.DIALECT,
+    "imagine": imagine_sdk.DIALECT,
 }

@@ -15,7 +15,18 @@ from common.errors import check_image_count, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
-from serve_app.dialects.base import Dialect, default_steps, free_size, log_ignored, unsupported
+from serve_app.dialects.base import (
+    Context,
+    Dialect,
+    Translation,
+    default_steps,
+    free_size,
+    log_ignored,
+    new_job,
+    unsupported,
+)
+from serve_app.inputs.fetch import load_url_image
+from serve_app.inputs.uploads import with_init_image
 from serve_app.protocol.together import TogetherImageRequest
 
 TOGETHER_DEFAULT_STEPS = 20
@@ -62,16 +73,15 @@ def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> Ge
     gen_w, gen_h = free_size(model, req.width, req.height)
     ignored = [f for f in IGNORED_FIELDS if getattr(req, f) is not None]
     log_ignored(request_id, "together", ignored + req.unknown_fields())
-    guidance = req.guidance_value
-    return GenerationJob(
-        request_id=request_id,
+    return new_job(
+        model,
+        request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         seeds=assign_seeds(req.n, req.seed),
-        gen_width=gen_w,
-        gen_height=gen_h,
+        gen_size=(gen_w, gen_h),
         steps=steps,
-        guidance=float(model.default_guidance if guidance is None else guidance),
+        guidance=req.guidance_value,
     )
 
 
@@ -107,13 +117,20 @@ def build_response(
     return {"id": job.request_id, "model": req.model or model.id, "object": "list", "data": data}
 
 
-DIALECT = Dialect(
-    name="together",
-    parse=parse,
-    model_name=lambda req: req.model,
-    to_job=to_job,
-    to_encode_spec=to_encode_spec,
-    build_response=build_response,
-    image_url=lambda req: req.image_url,
-    strength=lambda req: req.strength,
+async def translate(
+    req: TogetherImageRequest, model: ModelConfig, ctx: Context
+) -> Translation[dict[str, Any]]:
+    """Text-to-image, or image-to-image from ``image_url`` (fetched through the safe fetcher)."""
+    job = to_job(req, model, ctx.request_id)
+    if req.image_url is not None:
+        if ctx.fetcher is None:
+            raise unsupported("image_url", "image_url is not accepted on this route.")
+        image = await load_url_image(ctx.fetcher, req.image_url, "image_url", ctx.images)
+        job, _ = with_init_image(job, image, req.strength or ctx.images.img2img_strength)
+    spec = to_encode_spec(req, model, ctx.request_id, ctx.base_url)
+    return Translation(job, spec, lambda images: build_response(req, model, job, images))
+
+
+DIALECT: Dialect[TogetherImageRequest, dict[str, Any]] = Dialect(
+    name="together", parse=parse, model_name=lambda req: req.model, translate=translate
 )

@@ -4,15 +4,14 @@ imagine images API (``/v1/images/imagine``, Image objects and their listing). Pu
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from common.sizes import parse_size
 from serve_app.protocol.openai import MAX_SEED, ImageSize, LenientModel
 
 MAX_NAME_CHARS = 256
-_SIZE_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
 
 class ImagineImageRequest(LenientModel):
@@ -36,8 +35,8 @@ class ImagineImageRequest(LenientModel):
     @field_validator("size")
     @classmethod
     def _size_shape(cls, value: str | None) -> str | None:
-        if value is not None and not _SIZE_RE.match(value):
-            raise ValueError(f"size must look like '512x512', got {value!r}")
+        if value is not None:
+            parse_size(value, auto=None)  # the SDK has no "auto"; raises for a bad shape
         return value
 
     @model_validator(mode="after")
@@ -57,9 +56,7 @@ class ImagineImageRequest(LenientModel):
 
     @property
     def width_height(self) -> tuple[int, int]:
-        match = _SIZE_RE.match(self.size or "512x512")
-        assert match is not None  # checked by the validator
-        return int(match.group(1)), int(match.group(2))
+        return parse_size(self.size or "512x512", auto=None)
 
 
 class ImagineRequest(LenientModel):

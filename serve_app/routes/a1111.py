@@ -7,7 +7,6 @@ A1111's shape ``{error, detail, body, errors}``. Generation goes through the sam
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +16,18 @@ from starlette.routing import BaseRoute, Route
 
 from common.errors import APIError
 from common.model_config import ModelConfig
+from common.paths import A1111_API
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
-from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
+from serve_app.asgi.endpoints import api_endpoint, read_json
 from serve_app.dialects import a1111, a1111_img2img
+from serve_app.dialects.base import Dialect
 from serve_app.dialects.samplers import sampler_items, scheduler_items
+from serve_app.routes.answer import answer, context
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
 
 logger = logging.getLogger("imagegen.a1111")
-PREFIX = "/sdapi/v1"
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -35,7 +36,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return []
     auth = BasicAuth(load_credentials(config))
     options = ClientOptions(config.options_dir)
-    logger.info("A1111 routes on %s (basic auth %s)", PREFIX, "on" if auth.enabled else "off")
+    logger.info("A1111 routes on %s (basic auth %s)", A1111_API, "on" if auth.enabled else "off")
 
     def client_of(request: Request) -> str:
         return client_key(request, auth.user(request))
@@ -89,34 +90,21 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             )
         return JSONResponse(None)
 
-    async def txt2img(request: Request) -> Response:
-        request_id = request_id_of(request)
+    async def generate(request: Request, dialect: Dialect[Any, dict[str, Any]]) -> Response:
         client = client_of(request)
-        body = await read_json(request)
-        req = a1111.parse(body)
-        override = a1111.checkpoint_override(req)
+        # img2img's base64 images make its bodies large: the middleware applies the
+        # upload limit to that route.
+        req = dialect.parse(await read_json(request))
+        override = dialect.model_name(req)
         model = resolve_checkpoint(override) if override else current_model(client)
-        job = a1111.to_job(req, model, request_id)
-        images = await ingress.generate_images(model, job, a1111.to_encode_spec(req, request_id))
-        payload = a1111.build_response(req, model, job, images)
-        headers = generation_headers(job.seeds, model.id)
-        return JSONResponse(payload, headers=headers)
+        plan = await dialect.translate(req, model, context(ingress, request))
+        return await answer(ingress, model, plan)
+
+    async def txt2img(request: Request) -> Response:
+        return await generate(request, a1111.TXT2IMG)
 
     async def img2img(request: Request) -> Response:
-        request_id = request_id_of(request)
-        client = client_of(request)
-        # Base64 images make these bodies large: the middleware applies the upload limit.
-        body = await read_json(request)
-        req = a1111_img2img.parse(body)
-        override = a1111.checkpoint_override(req)
-        model = resolve_checkpoint(override) if override else current_model(client)
-        job, spec = await asyncio.to_thread(
-            a1111_img2img.to_job, req, model, request_id, ingress.args.images
-        )
-        images = await ingress.generate_images(model, job, spec)
-        payload = a1111_img2img.build_response(req, model, job, images)
-        headers = generation_headers(job.seeds, model.id)
-        return JSONResponse(payload, headers=headers)
+        return await generate(request, a1111_img2img.IMG2IMG)
 
     async def samplers(request: Request) -> Response:
         client_of(request)
@@ -127,7 +115,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse(scheduler_items())
 
     def route(path: str, endpoint: Any, method: str) -> Route:
-        return Route(PREFIX + path, api_endpoint(endpoint, "a1111"), methods=[method])
+        return Route(A1111_API + path, api_endpoint(endpoint, "a1111"), methods=[method])
 
     return [
         route("/sd-models", sd_models, "GET"),

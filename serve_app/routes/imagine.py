@@ -5,7 +5,7 @@
 Every route sees only the caller's images (:func:`serve_app.asgi.endpoints.owner_of`).
 Store calls block (files, boto3), so they run in a worker thread.
 
-The ``{id}`` routes match only ``image_…`` ids (a Starlette convertor), so
+The ``{id}`` routes match only ``image_…`` ids (:class:`ImageIdRoute`), so
 ``/v1/images/generations`` and ``/v1/images/files/…`` keep their own routes and a
 ``GET /v1/images/generations`` is still a 405, not "no such image".
 """
@@ -13,39 +13,45 @@ The ``{id}`` routes match only ``image_…`` ids (a Starlette convertor), so
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from common.errors import APIError
 from common.formats import CONTENT_TYPES
-from serve_app.asgi.endpoints import api_endpoint, owner_of, read_json, request_id_of
+from serve_app.asgi.endpoints import api_endpoint, owner_of, read_json
 from serve_app.dialects import imagine_api as imagine
 from serve_app.protocol.imagine import ImageList
+from serve_app.routes.answer import context, translate
 from serve_app.routes.files import PUBLIC_ROUTE
-from storage.base import image_data_key
-from storage.catalog import ImageRecord, new_image_id
+from storage.catalog import ImageRecord
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
 
 
-class ImageIdConvertor(Convertor[str]):
-    regex = "image_[A-Za-z0-9]{1,64}"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
+IMAGE_ID = re.compile(r"image_[A-Za-z0-9]{1,64}")
+BY_ID = "/v1/images/{image_id}"
 
 
-register_url_convertor("image_id", ImageIdConvertor())
-BY_ID = "/v1/images/{image_id:image_id}"
+class ImageIdRoute(Route):
+    """A route whose ``{image_id}`` matches only image ids.
+
+    A local rule rather than a Starlette convertor, which would be registered in
+    Starlette's process-wide table at import time. Any other segment is no match
+    at all, so ``GET /v1/images/generations`` still reaches that route (a 405).
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and not IMAGE_ID.fullmatch(child["path_params"]["image_id"]):
+            return Match.NONE, {}
+        return match, child
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -69,21 +75,15 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return record
 
     async def create(request: Request) -> Response:
-        # 1. Validate, 2. generate and store the bytes (encoder), 3. write the record.
-        request_id = request_id_of(request)
+        # 1. Validate and translate, 2. generate and store the bytes (encoder),
+        # 3. write the record.
         body = await read_json(request)
-        req = imagine.parse_imagine(body)
-        model = ingress.resolve_model(req.model)
-        owner = owner_of(request)
-        image_id = new_image_id()
-        data_key = image_data_key(owner, image_id, req.output_format)
-        job, spec = imagine.to_job_and_spec(req, model, request_id, data_key)
-        [image] = await ingress.generate_images(model, job, spec)
-        record = imagine.new_record(req, owner, model, image_id, job.seeds[0], image.byte_size)
+        model, plan = await translate(ingress, imagine.DIALECT, body, context(ingress, request))
+        record = plan.respond(await ingress.generate_images(model, plan.job, plan.spec))
         try:
             await asyncio.to_thread(catalog.save, record)
         except Exception:  # no record, so no orphaned bytes either
-            await asyncio.to_thread(ingress.store.delete, data_key)
+            await asyncio.to_thread(ingress.store.delete, plan.spec.store_keys[0])
             raise
         return reply(request, record)
 
@@ -137,11 +137,11 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     return [
         Route("/v1/images/imagine", api_endpoint(create), methods=["POST"]),
         Route("/v1/images", api_endpoint(list_images), methods=["GET"]),
-        Route(BY_ID, api_endpoint(get_image), methods=["GET"]),
-        Route(BY_ID, api_endpoint(delete), methods=["DELETE"]),
-        Route(BY_ID + "/publish", api_endpoint(publish), methods=["POST"]),
-        Route(BY_ID + "/unpublish", api_endpoint(unpublish), methods=["POST"]),
-        Route(BY_ID + "/download", api_endpoint(download), methods=["GET"]),
+        ImageIdRoute(BY_ID, api_endpoint(get_image), methods=["GET"]),
+        ImageIdRoute(BY_ID, api_endpoint(delete), methods=["DELETE"]),
+        ImageIdRoute(BY_ID + "/publish", api_endpoint(publish), methods=["POST"]),
+        ImageIdRoute(BY_ID + "/unpublish", api_endpoint(unpublish), methods=["POST"]),
+        ImageIdRoute(BY_ID + "/download", api_endpoint(download), methods=["GET"]),
     ]
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from common.config import ImageInputConfig
 from common.errors import APIError
 from common.job import EncodedImage
 from common.model_config import ModelConfig
 from serve_app.dialects import together
+from serve_app.dialects.base import Context
+from serve_app.inputs.fetch import ImageFetcher
 
 MODEL = ModelConfig(
     id="tiny",
@@ -96,10 +102,25 @@ def test_bad_input_is_a_400_naming_the_parameter(body: dict[str, Any], param: st
     assert info.value.body()["error"]["type"] == "invalid_request_error"
 
 
-def test_image_url_and_strength_are_handed_to_the_route() -> None:
-    req = together.parse({"prompt": "x", "image_url": "https://example.com/a.png", "strength": 0.3})
-    assert together.DIALECT.image_url(req) == "https://example.com/a.png"
-    assert together.DIALECT.strength(req) == 0.3
+def png_data_url(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+async def test_image_url_and_strength_become_an_img2img_job() -> None:
+    limits = ImageInputConfig()
+    ctx = Context(request_id="req-1", images=limits, fetcher=ImageFetcher(limits))
+    body = {"prompt": "x", "image_url": png_data_url(96, 64), "strength": 0.3, "seed": 4}
+    plan = await together.translate(together.parse(body), MODEL, ctx)
+    assert (plan.job.mode, plan.job.strength, plan.job.seeds) == ("img2img", 0.3, (4,))
+    assert plan.job.init_image.shape == (plan.job.gen_height, plan.job.gen_width, 3)
+    # The init image is stretched to the generation size: its red fills every pixel.
+    assert plan.job.init_image[..., 0].min() == 200
+    # Without strength, the configured img2img default applies.
+    body.pop("strength")
+    default = await together.translate(together.parse(body), MODEL, ctx)
+    assert default.job.strength == limits.img2img_strength
 
 
 def test_response_shape() -> None:

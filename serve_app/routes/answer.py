@@ -1,0 +1,58 @@
+"""What every generating route does once its dialect has translated the request.
+
+Routes stay thin: parse, resolve the model, ``translate`` (``dialects/base.py``), then
+:func:`answer`, which runs the translation through the ingress, plain or streamed,
+and shapes the response with the dialect's own ``respond``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from common.model_config import ModelConfig
+from serve_app.asgi.endpoints import generation_headers, owner_of, request_id_of
+from serve_app.dialects.base import Context, Dialect, Translation
+from serve_app.inputs.fetch import ImageFetcher
+from serve_app.streaming.sse import sse_response
+
+if TYPE_CHECKING:
+    from serve_app.ingress import Ingress
+
+
+def context(ingress: Ingress, request: Request, fetcher: ImageFetcher | None = None) -> Context:
+    """The translation context of one HTTP request."""
+    return Context(
+        request_id=request_id_of(request),
+        images=ingress.args.images,
+        base_url=ingress.base_url(request),
+        fetcher=fetcher,
+        owner=owner_of(request),
+    )
+
+
+async def translate(
+    ingress: Ingress, dialect: Dialect[Any, Any], body: Any, ctx: Context
+) -> tuple[ModelConfig, Translation[Any]]:
+    """Parse with the dialect, pick the model it names, translate."""
+    req = dialect.parse(body)
+    model = ingress.resolve_model(dialect.model_name(req))
+    return model, await dialect.translate(req, model, ctx)
+
+
+async def answer(
+    ingress: Ingress,
+    model: ModelConfig,
+    plan: Translation[dict[str, Any]],
+    extra_headers: dict[str, str] | None = None,
+) -> Response:
+    """Generate and encode (or stream), then the dialect's JSON body, with the seeds and
+    model headers every generating route sends."""
+    headers = {**generation_headers(plan.job.seeds, model.id), **(extra_headers or {})}
+    if plan.stream is not None:
+        frames = ingress.stream_images(model, plan.job, plan.spec, plan.stream)
+        return sse_response(frames, headers)
+    images = await ingress.generate_images(model, plan.job, plan.spec)
+    return JSONResponse(plan.respond(images), headers=headers)
