@@ -107,6 +107,10 @@ def test_extensions_change_the_image(client: openai.OpenAI) -> None:
 
 
 def test_eight_concurrent_requests_batch_and_stay_correct(client: openai.OpenAI) -> None:
+    # Batches run one at a time, so once this request is back, whatever a previous
+    # test left running (a cancelled 200-step stream) has finished: the counters below
+    # count only these eight requests, whatever ran before.
+    client.images.generate(prompt="settle", size="256x256")
     before = model_stats()
     seeds = list(range(7000, 7008))
 

@@ -91,8 +91,21 @@ def test_sampler_mapping(
 
 
 def test_every_listed_sampler_name_resolves() -> None:
-    for name in known_sampler_names():
-        assert resolve_sampler(name, None) is not None
+    """Each listed name is its sampler's class and options, plus its suffix's schedule."""
+    expected: dict[str, SchedulerSpec] = {}
+    for sampler in SAMPLERS.values():
+        suffixes = {"": {}}
+        if sampler.sigma_schedules:
+            suffixes |= {
+                " Karras": {"use_karras_sigmas": True},
+                " Exponential": {"use_exponential_sigmas": True},
+            }
+        for suffix, schedule in suffixes.items():
+            options = tuple(sorted({**sampler.options, **schedule}.items()))
+            expected[sampler.name + suffix] = SchedulerSpec(sampler.class_name, options)
+    assert sorted(known_sampler_names()) == sorted(expected)
+    for name, spec in expected.items():
+        assert resolve_sampler(name, None) == spec, name
     assert set(SAMPLERS) <= set(known_sampler_names())
 
 

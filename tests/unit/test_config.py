@@ -40,12 +40,17 @@ def test_serve_config_yaml_is_valid() -> None:
     args = ImageServingArgs.model_validate(app["args"])
     assert args.resolve_default() == "tiny-sdxl"
     assert args.model_names()["dall-e-3"] == "tiny-sdxl"
-    for options in (
-        *(model.deployment for model in args.models),
-        args.encoder.deployment,
-        args.ingress.deployment,
-    ):
-        assert options.autoscaling_config is not None
+    # Every deployment autoscales, each with the bounds its role needs.
+    bounds = [
+        (options.autoscaling_config or {}).get(key)
+        for options in (
+            *(model.deployment for model in args.models),
+            args.encoder.deployment,
+            args.ingress.deployment,
+        )
+        for key in ("min_replicas", "max_replicas", "target_ongoing_requests")
+    ]
+    assert bounds == [1, 2, 16, 0, 2, 16, 1, 4, 8, 1, 4, 64]
     # Several models, each with its own defaults; the second one scales to zero.
     always_on, on_demand = args.models
     assert not always_on.deployment.scales_to_zero() and on_demand.deployment.scales_to_zero()

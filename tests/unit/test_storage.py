@@ -121,11 +121,12 @@ def test_start_expiry_sweeps_local_outputs_with_the_url_ttl(tmp_path: Path) -> N
     config = StorageConfig(local_dir=str(tmp_path), url_ttl_s=90, sweep_interval_s=3600)
     store = make_store(config, SECRET)
     sweeper = start_expiry(store, config)
+    assert sweeper is not None
     try:
-        assert sweeper is not None and (sweeper.max_age_s, sweeper.prefix) == (90, "outputs/")
+        assert (sweeper.max_age_s, sweeper.prefix) == (90, "outputs/")
     finally:
-        assert sweeper is not None
         sweeper.stop()
+    assert not sweeper._thread.is_alive()
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "outputs/../../x.png", "..", "a/.meta/x"])
