@@ -135,6 +135,32 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return APIError("invalid_request", message, param=param, code=code)
 
 
+# Strict-mode type errors -> the JSON type the field expects, in OpenAI's words.
+EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "dict_type": "an object",
+    "list_type": "an array",
+}
+
+
+def json_type(value: Any) -> str:
+    """What a JSON value is, as OpenAI's type errors name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def from_validation_error(exc: ValidationError) -> APIError:
     """Turn pydantic's first complaint into a 400 that names the parameter."""
     first = exc.errors(include_url=False)[0]
@@ -142,21 +168,35 @@ def from_validation_error(exc: ValidationError) -> APIError:
     param = ".".join(loc) or None
     message = first.get("msg", "invalid request")
     message = message.removeprefix("Value error, ")
-    if param and first.get("type") != "value_error":
+    kind = first.get("type")
+    if param and kind in EXPECTED_TYPES:
+        given = json_type(first.get("input"))
+        message = (
+            f"Invalid type for '{param}': expected {EXPECTED_TYPES[kind]}, but got {given} instead."
+        )
+    elif param and kind != "value_error":
         given = first.get("input")
-        if first.get("type") == "missing":
+        if kind == "missing":
             message = f"Missing required parameter: '{param}'."
         else:
             message = f"Invalid value for '{param}': {message} (got {given!r})."
-    return APIError("invalid_request", message, param=param, code=_code_for(first.get("type")))
+    return APIError("invalid_request", message, param=param, code=_code_for(kind))
 
 
-def validate(cls: type[ModelT], body: Any, kind: ErrorKind = "invalid_request") -> ModelT:
-    """Validate a JSON body into ``cls``; every failure names the parameter."""
+def validate(
+    cls: type[ModelT], body: Any, kind: ErrorKind = "invalid_request", strict: bool = False
+) -> ModelT:
+    """Validate a JSON body into ``cls``; every failure names the parameter.
+
+    ``strict``: JSON types must match as OpenAI's API requires (``"3"`` is not an
+    integer, ``true`` is not a number; an integer is a number). Lax mode is for
+    multipart forms, whose values are all strings, and for A1111, whose own FastAPI
+    models coerce.
+    """
     if not isinstance(body, dict):
         raise APIError(kind, "The request body must be a JSON object.")
     try:
-        return cls.model_validate(body)
+        return cls.model_validate(body, strict=strict)
     except ValidationError as exc:
         err = from_validation_error(exc)
         raise APIError(kind, err.message, param=err.param, code=err.code) from None
@@ -165,8 +205,8 @@ def validate(cls: type[ModelT], body: Any, kind: ErrorKind = "invalid_request") 
 def _code_for(pydantic_type: str | None) -> str | None:
     if pydantic_type == "missing":
         return "missing_required_parameter"
-    if pydantic_type == "value_error":
-        return "invalid_value"
+    if pydantic_type in EXPECTED_TYPES:
+        return "invalid_type"
     return "invalid_value" if pydantic_type else None
 
 

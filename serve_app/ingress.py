@@ -73,8 +73,9 @@ class Ingress:
             sweeper.stop()
 
     def resolve_model(self, name: str | None) -> ModelConfig:
-        """A model id or alias -> its config; ``None`` -> the default model; else 404."""
-        if name is None:
+        """A model id or alias -> its config; ``None`` or ``""`` -> the default model (Open
+        WebUI sends an empty ``model`` for its default edit model); any other name -> 404."""
+        if not name:
             return self.configs[self.default_model]
         model_id = self.names.get(name)
         if model_id is None:

@@ -34,6 +34,8 @@ from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
+# The extra_generation_params key that reports a step count clamped to max_steps.
+STEPS_CLAMPED = "Steps clamped"
 # A1111 fields accepted and ignored: they tune parts of A1111 this server does not have.
 IGNORED_FIELDS = (
     "styles",
@@ -63,7 +65,8 @@ IGNORED_FIELDS = (
 
 
 def parse(body: Any) -> Txt2ImgRequest:
-    """Schema errors are 422, as FastAPI (and so A1111) answers them."""
+    """Schema errors are 422, as FastAPI (and so A1111) answers them. Lax types, as
+    A1111's own pydantic models are: ``"steps": "20"`` is 20 there, so it is here."""
     return validate(Txt2ImgRequest, body, kind="unprocessable")
 
 
@@ -119,10 +122,28 @@ def _check_unsupported(req: Txt2ImgRequest) -> None:
         )
 
 
+def clamped_steps(req: Txt2ImgRequest, model: ModelConfig) -> int:
+    """``steps``, clamped to the model's ``max_steps`` rather than refused.
+
+    A1111 clients do not show errors well: Open WebUI sends ``steps: 50`` by default,
+    never checks the status, and shows a 422 body as a ``KeyError``. So on these
+    routes a step count beyond the model's limit runs at the limit, and the
+    response's ``info`` says so (``steps``, ``extra_generation_params``,
+    ``infotexts``). The OpenAI-style dialects still answer 400 (clients there show it).
+    """
+    return min(req.steps or model.default_steps, model.max_steps)
+
+
+def _clamp_note(req: Txt2ImgRequest, job: GenerationJob) -> dict[str, str]:
+    if req.steps is None or req.steps <= job.steps:
+        return {}
+    return {STEPS_CLAMPED: f"{req.steps} -> {job.steps} (the model's max_steps)"}
+
+
 def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> GenerationJob:
     _check_unsupported(req)
     n = req.batch_size * req.n_iter
-    steps = req.steps or model.default_steps
+    steps = clamped_steps(req, model)
     check_request(
         model, n=n, prompt=req.prompt, steps=steps, steps_param="steps", n_param="batch_size"
     )
@@ -175,6 +196,7 @@ def _infotext(req: Txt2ImgRequest, job: GenerationJob, model: ModelConfig, seed:
         f"Size: {req.width}x{req.height}",
         f"Model hash: {model_sha256(model)[:10]}",
         f"Model: {model.id}",
+        *(f"{key}: {value}" for key, value in _clamp_note(req, job).items()),
     ]
     lines.append(", ".join(settings))
     return "\n".join(lines)
@@ -212,7 +234,7 @@ def build_response(
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": None,
-        "extra_generation_params": {},
+        "extra_generation_params": _clamp_note(req, job),
         "index_of_first_image": 0,
         "infotexts": [_infotext(req, job, model, seed) for seed in seeds],
         "styles": [],

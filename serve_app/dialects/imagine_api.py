@@ -26,7 +26,7 @@ MAX_LIST_LIMIT = 100
 
 
 def parse_imagine(body: Any) -> ImagineRequest:
-    return validate(ImagineRequest, body)
+    return validate(ImagineRequest, body, strict=True)
 
 
 async def translate(

@@ -51,7 +51,7 @@ IMAGINE_ONLY_FIELDS = frozenset({"seed_increment", "cache_interval"})
 
 
 def parse(body: Any) -> ImagineImageRequest:
-    return validate(ImagineImageRequest, body)
+    return validate(ImagineImageRequest, body, strict=True)
 
 
 def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:

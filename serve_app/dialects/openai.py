@@ -25,7 +25,7 @@ from serve_app.streaming.openai import OpenAIStream
 
 def parse_generate(body: Any) -> ImageGenerateRequest:
     """Validate a JSON body; every failure is a 400 naming the parameter."""
-    return validate(ImageGenerateRequest, body)
+    return validate(ImageGenerateRequest, body, strict=True)
 
 
 def check_openai(
@@ -76,7 +76,19 @@ def ignored_openai_fields(req: OpenAIImageParams) -> list[str]:
     return [f for f in IGNORED_OPENAI_FIELDS if getattr(req, f) is not None] + req.unknown_fields()
 
 
-def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:
+def openai_job(
+    req: OpenAIImageParams,
+    model: ModelConfig,
+    request_id: str,
+    gen_size: tuple[int, int],
+    output_size: tuple[int, int] | None,
+    dialect: str = "openai",
+) -> GenerationJob:
+    """Check and translate what generations and edits share (``OpenAIImageParams``).
+
+    ``output_size`` is ``None`` when it depends on an input image (``check_job``
+    then checks the pixels of the finished spec).
+    """
     steps = req.num_inference_steps or model.default_steps
     check_openai(
         model,
@@ -84,23 +96,27 @@ def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> Ge
         n=req.n,
         steps=steps,
         negative_prompt=req.negative_prompt,
-        size=parse_size(req.size),
+        size=output_size,
         background=req.background,
         stream=req.stream,
         response_format=req.response_format,
     )
-    log_ignored(request_id, "openai", ignored_openai_fields(req))
+    log_ignored(request_id, dialect, ignored_openai_fields(req))
     return new_job(
         model,
         request_id,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         seeds=assign_seeds(req.n, req.seed),
-        gen_size=model.generation_size(req.size),
+        gen_size=gen_size,
         steps=steps,
         guidance=req.guidance_scale,
         partial_images=(req.partial_images or 0) if req.stream else 0,
     )
+
+
+def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:
+    return openai_job(req, model, request_id, model.generation_size(req.size), parse_size(req.size))
 
 
 def to_encode_spec(req: ImageGenerateRequest, request_id: str, base_url: str | None) -> EncodeSpec:

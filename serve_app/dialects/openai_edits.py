@@ -24,11 +24,11 @@ import numpy as np
 
 from common.config import ImageInputConfig
 from common.errors import invalid, validate
-from common.job import EncodedImage, EncodeSpec, GenerationJob, Overlay, assign_seeds
+from common.job import EncodedImage, EncodeSpec, GenerationJob, Overlay
 from common.model_config import ModelConfig
 from common.sizes import OPENAI_SIZES, parse_size
-from serve_app.dialects.base import Context, Dialect, Translation, free_size, log_ignored, new_job
-from serve_app.dialects.openai import check_openai, ignored_openai_fields, images_response
+from serve_app.dialects.base import Context, Dialect, Translation, free_size
+from serve_app.dialects.openai import images_response, openai_job
 from serve_app.inputs.uploads import InputImage, decode_image, mask_from_alpha, with_init_image
 from serve_app.protocol.openai import ImageEditRequest
 from serve_app.streaming.openai import OpenAIStream
@@ -157,30 +157,9 @@ def to_job(
     variation: bool = False,
 ) -> tuple[GenerationJob, tuple[int, int], Overlay | None]:
     """The img2img (or, with a mask, inpaint) job; returns (job, output size, overlay)."""
-    steps = req.num_inference_steps or model.default_steps
-    # The output size depends on the image, so check_job checks the pixels later.
-    check_openai(
-        model,
-        prompt=req.prompt,
-        n=req.n,
-        steps=steps,
-        background=req.background,
-        stream=req.stream,
-        response_format=req.response_format,
-    )
-    log_ignored(request_id, "openai_edits", ignored_openai_fields(req))
     output_size, gen_size = output_and_generation_size(req, model, image)
-    job = new_job(
-        model,
-        request_id,
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        seeds=assign_seeds(req.n, req.seed),
-        gen_size=gen_size,
-        steps=steps,
-        guidance=req.guidance_scale,
-        partial_images=(req.partial_images or 0) if req.stream else 0,
-    )
+    # The output size comes from the image, so check_job checks its pixels later.
+    job = openai_job(req, model, request_id, gen_size, None, "openai_edits")
     if variation:
         default = limits.variation_strength
     else:

@@ -48,7 +48,7 @@ IGNORED_FIELDS = ("disable_safety_checker",)
 
 
 def parse(body: Any) -> TogetherImageRequest:
-    return validate(TogetherImageRequest, body)
+    return validate(TogetherImageRequest, body, strict=True)
 
 
 def _check_unsupported(req: TogetherImageRequest) -> None:

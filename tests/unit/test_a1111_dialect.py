@@ -9,20 +9,11 @@ import pytest
 
 from common.errors import APIError
 from common.job import EncodedImage, SchedulerSpec
-from common.model_config import ModelConfig
 from serve_app.dialects import a1111
 from serve_app.dialects.samplers import SAMPLERS, known_sampler_names, resolve_sampler
+from tests.support.models import dialect_model
 
-MODEL = ModelConfig(
-    id="tiny",
-    source="builtin:tiny-sdxl",
-    generation_scale=0.125,
-    default_steps=20,
-    max_steps=50,
-    default_guidance=5.0,
-    max_images_per_request=8,
-    batching={"max_batch_size": 16},
-)
+MODEL = dialect_model(max_images_per_request=8, batching={"max_batch_size": 16})
 
 
 def translate(**body: Any):
@@ -127,7 +118,6 @@ def test_unknown_sampler_lists_the_known_ones() -> None:
         ({"steps": 0}, 422),
         ({"prompt": ["a", "b"]}, 422),
         ({"batch_size": 3, "n_iter": 3}, 400),  # 9 images, the model allows 8
-        ({"steps": 51}, 400),
         ({"width": 3000, "height": 3000}, 400),
         ({"sampler_name": "Euler a", "scheduler": "Karras"}, 400),
         ({"scheduler": "align_your_steps"}, 400),
@@ -142,6 +132,27 @@ def test_bad_input_gets_a1111_status_and_shape(body: dict[str, Any], status: int
     shape = info.value.a1111_body()
     assert shape["detail"] and shape["errors"].startswith(str(status))
     assert shape["error"] == ("RequestValidationError" if status == 422 else "HTTPException")
+
+
+@pytest.mark.parametrize("steps,ran", [(50, 50), (51, 50), (500, 50), (None, 20)])
+def test_steps_beyond_max_steps_are_clamped_and_reported(steps: int | None, ran: int) -> None:
+    """Open WebUI sends steps=50 whatever the model: it runs at max_steps, info says so."""
+    req, job = translate(**({} if steps is None else {"steps": steps}))
+    assert job.steps == ran
+    body = a1111.build_response(req, MODEL, job, [EncodedImage(b64_json="AA==")])
+    info = json.loads(body["info"])
+    assert info["steps"] == ran
+    clamped = steps is not None and steps > ran
+    expected = {a1111.STEPS_CLAMPED: f"{steps} -> {ran} (the model's max_steps)"} if clamped else {}
+    assert info["extra_generation_params"] == expected
+    assert (f"{a1111.STEPS_CLAMPED}: {steps} -> {ran}" in info["infotexts"][0]) == clamped
+    assert f"Steps: {ran}," in info["infotexts"][0]
+
+
+def test_a1111_types_are_lax_as_a1111s_own_models() -> None:
+    """A1111's FastAPI models coerce ("4" is 4, "true" is True); so do these."""
+    req, job = translate(steps="4", batch_size="2", cfg_scale="3", send_images="false")
+    assert (job.steps, job.n, job.guidance, req.send_images) == (4, 2, 3.0, False)
 
 
 def test_response_carries_seeds_in_info() -> None:

@@ -83,6 +83,31 @@ def test_happy_path_returns_one_image_per_seed(tmp_path: Path) -> None:
     assert len(model.generate.responses) == 1  # one model call for all three images
 
 
+@pytest.mark.parametrize(
+    "body,status,served",
+    [
+        ({}, 200, "tiny"),
+        ({"model": None}, 200, "tiny"),
+        ({"model": ""}, 200, "tiny"),  # Open WebUI's default edit model, and empty JSON
+        ({"model": "dall-e-3"}, 200, "tiny"),
+        ({"model": "lazy"}, 200, "lazy"),
+        ({"model": " "}, 404, None),  # only "" means the default; a name must exist
+        ({"model": "gpt-9"}, 404, None),
+    ],
+)
+def test_empty_or_missing_model_is_the_default(
+    tmp_path: Path, body: dict[str, Any], status: int, served: str | None
+) -> None:
+    client, _, _ = make_client(tmp_path, pixels)
+    response = client.post(ROUTE, json={"prompt": "x", **body})
+    assert response.status_code == status, response.text
+    if served is None:
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("model", "model_not_found")
+    else:
+        assert response.headers["x-imagegen-model"] == served
+
+
 def test_deadline_gives_504_and_cancels_the_work(tmp_path: Path) -> None:
     async def never(job: Any) -> np.ndarray:
         await asyncio.sleep(3600)
