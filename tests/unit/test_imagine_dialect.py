@@ -12,16 +12,9 @@ from common.errors import APIError
 from common.job import EncodedImage, ImageEvent
 from common.model_config import ModelConfig
 from serve_app.dialects import imagine_sdk as imagine
+from tests.support.models import dialect_model
 
-MODEL = ModelConfig(
-    id="tiny",
-    source="builtin:tiny-sdxl",
-    generation_scale=0.125,
-    default_steps=30,
-    max_steps=50,
-    default_guidance=5.0,
-    max_images_per_request=4,
-)
+MODEL = dialect_model(default_steps=30)
 
 
 def translate(body: dict[str, Any]):

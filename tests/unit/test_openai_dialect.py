@@ -8,18 +8,10 @@ import pytest
 
 from common.errors import APIError
 from common.job import EncodedImage
-from common.model_config import ModelConfig
 from serve_app.dialects.openai import build_response, parse_generate, to_encode_spec, to_job
+from tests.support.models import dialect_model
 
-MODEL = ModelConfig(
-    id="tiny",
-    source="builtin:tiny-sdxl",
-    generation_scale=0.125,
-    default_steps=20,
-    max_steps=50,
-    default_guidance=5.0,
-    max_images_per_request=4,
-)
+MODEL = dialect_model()
 
 
 def job_for(**body: Any):
