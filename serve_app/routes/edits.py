@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from common.errors import invalid
 from serve_app.asgi.endpoints import api_endpoint, generation_headers, request_id_of
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects import openai_edits as edits
 from serve_app.inputs.uploads import InputImage, decode_image, read_form
 from serve_app.streaming.openai import OpenAIStream
@@ -104,6 +105,16 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return await handle(request, variation=True)
 
     return [
-        Route("/v1/images/edits", api_endpoint(edit), methods=["POST"]),
-        Route("/v1/images/variations", api_endpoint(variations), methods=["POST"]),
+        ApiRoute(
+            "/v1/images/edits",
+            api_endpoint(edit),
+            "POST",
+            Operation("Edit an image: img2img, or inpainting with a mask (multipart)"),
+        ),
+        ApiRoute(
+            "/v1/images/variations",
+            api_endpoint(variations),
+            "POST",
+            Operation("Variations of an image (multipart)"),
+        ),
     ]

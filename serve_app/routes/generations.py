@@ -11,19 +11,28 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects.detect import detect
 from serve_app.dialects.registry import REGISTRY
 from serve_app.inputs.fetch import ImageFetcher, load_url_image
 from serve_app.inputs.uploads import with_init_image
+from serve_app.protocol.openai import ImageGenerateRequest, ImagesResponse
 from serve_app.streaming.sse import sse_response
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
 
 DIALECT_RESPONSE_HEADER = "x-imagegen-dialect"
+GENERATIONS = Operation(
+    "Generate images (OpenAI dialect shown; Together and imagine bodies are accepted "
+    "too, see docs/api/)",
+    ImageGenerateRequest,
+    ImagesResponse,
+    streams=True,
+)
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -54,4 +63,4 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         payload = dialect.build_response(req, model, job, images)
         return JSONResponse(payload, headers=headers)
 
-    return [Route("/v1/images/generations", api_endpoint(generations), methods=["POST"])]
+    return [ApiRoute("/v1/images/generations", api_endpoint(generations), "POST", GENERATIONS)]

@@ -19,13 +19,14 @@ from urllib.parse import quote
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from common.errors import APIError
 from common.formats import CONTENT_TYPES
 from serve_app.asgi.endpoints import api_endpoint, owner_of, read_json, request_id_of
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects import imagine_api as imagine
-from serve_app.protocol.imagine import ImageList
+from serve_app.protocol.imagine import ImageList, ImageObject, ImagineRequest
 from serve_app.routes.files import PUBLIC_ROUTE
 from storage.base import image_data_key
 from storage.catalog import ImageRecord, new_image_id
@@ -46,6 +47,16 @@ class ImageIdConvertor(Convertor[str]):
 
 register_url_convertor("image_id", ImageIdConvertor())
 BY_ID = "/v1/images/{image_id:image_id}"
+CREATE = Operation("Generate one stored Image object", ImagineRequest, ImageObject)
+LIST = Operation(
+    "List stored images, newest first",
+    response=ImageList,
+    query={
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+        "after": {"type": "string"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+)
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -135,13 +146,33 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse({"id": record.id, "object": "image", "deleted": True})
 
     return [
-        Route("/v1/images/imagine", api_endpoint(create), methods=["POST"]),
-        Route("/v1/images", api_endpoint(list_images), methods=["GET"]),
-        Route(BY_ID, api_endpoint(get_image), methods=["GET"]),
-        Route(BY_ID, api_endpoint(delete), methods=["DELETE"]),
-        Route(BY_ID + "/publish", api_endpoint(publish), methods=["POST"]),
-        Route(BY_ID + "/unpublish", api_endpoint(unpublish), methods=["POST"]),
-        Route(BY_ID + "/download", api_endpoint(download), methods=["GET"]),
+        ApiRoute("/v1/images/imagine", api_endpoint(create), "POST", CREATE),
+        ApiRoute("/v1/images", api_endpoint(list_images), "GET", LIST),
+        ApiRoute(
+            BY_ID,
+            api_endpoint(get_image),
+            "GET",
+            Operation("One stored image", response=ImageObject),
+        ),
+        ApiRoute(BY_ID, api_endpoint(delete), "DELETE", Operation("Delete a stored image")),
+        ApiRoute(
+            BY_ID + "/publish",
+            api_endpoint(publish),
+            "POST",
+            Operation("Publish", response=ImageObject),
+        ),
+        ApiRoute(
+            BY_ID + "/unpublish",
+            api_endpoint(unpublish),
+            "POST",
+            Operation("Unpublish", response=ImageObject),
+        ),
+        ApiRoute(
+            BY_ID + "/download",
+            api_endpoint(download),
+            "GET",
+            Operation("The image's bytes", binary=True),
+        ),
     ]
 
 

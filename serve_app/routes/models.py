@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from serve_app.asgi.endpoints import api_endpoint
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.protocol.openai import ModelCard, ModelList, dump
 
 if TYPE_CHECKING:
@@ -33,6 +34,16 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse(dump(ModelCard(id=name, created=ingress.started, root=root)))
 
     return [
-        Route("/v1/models", api_endpoint(list_models), methods=["GET"]),
-        Route("/v1/models/{model:path}", api_endpoint(get_model), methods=["GET"]),
+        ApiRoute(
+            "/v1/models",
+            api_endpoint(list_models),
+            "GET",
+            Operation("List models and aliases", response=ModelList),
+        ),
+        ApiRoute(
+            "/v1/models/{model:path}",
+            api_endpoint(get_model),
+            "GET",
+            Operation("One model or alias", response=ModelCard),
+        ),
     ]
