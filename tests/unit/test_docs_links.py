@@ -9,6 +9,7 @@ dropped, spaces to hyphens, ``-1``, ``-2`` … for repeats).
 from __future__ import annotations
 
 import functools
+import os
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +25,12 @@ PARSER = MarkdownIt("commonmark")
 
 
 def markdown_files() -> list[Path]:
-    return sorted(
-        path
-        for path in ROOT.rglob("*.md")
-        if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts[:-1])
-        and not any(part.startswith(".") for part in path.relative_to(ROOT).parts[:-1])
-    )
+    """Every ``.md`` file of the repo, without descending into a venv or hidden folders."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        found += [Path(folder) / name for name in files if name.endswith(".md")]
+    return sorted(found)
 
 
 def _inline_text(token: Token) -> str:
