@@ -11,7 +11,7 @@ matched. Keys are never logged: a caller is known by :func:`key_owner`, a hash
 prefix, which is also the owner of its stored images (``scope["imagegen.owner"]``).
 
 Routes that stay open (:func:`needs_api_key`): liveness and readiness, the
-OpenAPI document, the A1111 routes (their own Basic auth, ``a1111_access.py``),
+OpenAPI document, the A1111 routes (their own Basic auth, ``a1111_auth.py``),
 and image URLs whose signature or publication is the credential.
 """
 

@@ -18,7 +18,7 @@ ImageSize = Literal[OPENAI_SIZES]  # type: ignore[valid-type]
 ResponseFormat = Literal["url", "b64_json"]
 Background = Literal["transparent", "opaque", "auto"]
 
-# Accepted for compatibility; a diffusion model has no use for them (see README).
+# Accepted for compatibility; a diffusion model has no use for them (see docs/api/openai.md).
 IGNORED_OPENAI_FIELDS = ("quality", "style", "moderation", "user")
 MAX_SEED = 2**63 - 1
 
