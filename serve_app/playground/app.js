@@ -169,7 +169,12 @@ function applyModel() {
 }
 
 function applySize() {
-  $("free-size").hidden = $("size").value !== FREE_SIZE;
+  const free = $("size").value === FREE_SIZE;
+  $("free-size").hidden = !free;
+  // A free size on generations goes in the Together dialect, which has no sampler.
+  const noSampler = free && mode() === "generate";
+  $("sampler").disabled = noSampler;
+  $("sampler-note").hidden = !noSampler;
 }
 
 async function loadLoras() {
@@ -312,7 +317,7 @@ function common() {
   return { body, lora };
 }
 
-// -> { path, init, streamed, n, format }
+// -> { path, init, n, size }
 async function buildRequest() {
   const { body, lora } = common();
   const steps = number("steps");
@@ -333,7 +338,7 @@ async function buildRequest() {
     for (const [name, value] of Object.entries(fields)) {
       if (value !== undefined) form.append(name, String(value));
     }
-    return { path: "v1/images/edits", init: { body: form }, n: body.n };
+    return { path: "v1/images/edits", init: { body: form }, n: body.n, size };
   }
   if (free) {
     // OpenAI's generations take only its listed sizes; a free width x height goes in
@@ -343,14 +348,14 @@ async function buildRequest() {
     if (steps !== undefined) together.steps = steps;
     if (guidance !== undefined) together.guidance_scale = guidance;
     if (lora) together.image_loras = [{ path: lora, scale: loraScale }];
-    return jsonRequest(together);
+    return { ...jsonRequest(together), size };
   }
   const openai = { ...body, size, stream: true, partial_images: number("partial_images") };
   if (steps !== undefined) openai.num_inference_steps = steps;
   if (guidance !== undefined) openai.guidance_scale = guidance;
   if (sampler) openai.sampler = sampler;
   if (lora) openai.loras = [{ name: lora, scale: loraScale }];
-  return jsonRequest(openai);
+  return { ...jsonRequest(openai), size };
 }
 
 function jsonRequest(body) {
@@ -393,12 +398,13 @@ async function* sseEvents(response) {
 
 // ---- Results ---------------------------------------------------------------
 
-function makeCard(index, n) {
+function makeCard(index, n, ratio) {
   const figure = document.createElement("figure");
   figure.className = "card";
   figure.dataset.state = "waiting";
   const frame = document.createElement("div");
   frame.className = "frame";
+  if (ratio) frame.style.aspectRatio = String(ratio); // CSSOM, allowed by the CSP
   const img = document.createElement("img");
   img.alt = `Image ${index + 1} of ${n}`;
   img.dataset.partials = "0";
@@ -501,10 +507,17 @@ async function submit(event) {
     return;
   }
   const n = Math.max(1, Math.min(Number(request.n) || 1, 10));
-  const run = document.createElement("div");
+  const run = document.createElement("section");
   run.className = "run";
-  const cards = Array.from({ length: n }, (_, i) => makeCard(i, n));
-  run.append(...cards.map((c) => c.figure));
+  const title = document.createElement("h2");
+  title.textContent = `${$("prompt").value.trim() || "(no prompt)"} · ${request.size}`;
+  const [w, h] = String(request.size).split("x").map(Number);
+  const ratio = w && h ? w / h : 1;
+  const cards = Array.from({ length: n }, (_, i) => makeCard(i, n, ratio));
+  const grid = document.createElement("div");
+  grid.className = "run-grid";
+  grid.append(...cards.map((c) => c.figure));
+  run.append(title, grid);
   $("results").prepend(run);
   state.controller = new AbortController();
   setBusy(true);
@@ -566,6 +579,7 @@ function setup() {
       const edit = mode() === "edit";
       $("edit-section").hidden = !edit;
       $("generate").textContent = edit ? "Edit" : "Generate";
+      applySize();
     });
   }
   $("clear-mask").addEventListener("click", clearMask);
