@@ -202,7 +202,6 @@ function setEditFile(file) {
   state.editFile = file;
   const url = URL.createObjectURL(file);
   const preview = $("edit-preview");
-  preview.onload = null;
   preview.addEventListener(
     "load",
     () => {
