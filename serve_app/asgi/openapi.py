@@ -83,11 +83,12 @@ A1111_ERROR = {
 
 
 def build_document(routes: Sequence[BaseRoute], title: str = "imagegen-serve") -> dict[str, Any]:
-    """The OpenAPI document for ``routes`` (Starlette ``Route`` objects; others skipped)."""
+    """The OpenAPI document for ``routes`` (Starlette ``Route`` objects; others, and
+    routes with ``include_in_schema=False`` such as the playground's page, skipped)."""
     schemas: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route) or route.methods is None:
+        if not isinstance(route, Route) or route.methods is None or not route.include_in_schema:
             continue
         path, params = _openapi_path(route.path)
         for method in sorted(route.methods - {"HEAD"}):

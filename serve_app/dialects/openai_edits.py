@@ -25,6 +25,7 @@ from common.model_config import ModelConfig
 from common.sizes import parse_size
 from serve_app.dialects.base import free_size
 from serve_app.dialects.openai import check_against_model, images_response
+from serve_app.dialects.samplers import resolve_sampler
 from serve_app.inputs.uploads import InputImage, mask_from_alpha, with_init_image
 from serve_app.protocol.openai import (
     IGNORED_OPENAI_FIELDS,
@@ -116,6 +117,7 @@ def to_job(
         steps=req.num_inference_steps or model.default_steps,
         guidance=float(guidance),
         partial_images=(req.partial_images or 0) if req.stream else 0,
+        scheduler=resolve_sampler(req.sampler, None, param="sampler"),
     )
     if variation:
         default = limits.variation_strength
