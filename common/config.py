@@ -1,8 +1,8 @@
 """Typed application config: the ``args`` block of ``serve_config.yaml``.
 
 Models and deployment options live in :mod:`common.model_config`; this module
-holds the rest: storage, ingress (API keys, CORS), encoder,
-A1111, images sent in, and :class:`ImageServingArgs`, the whole block. Unknown keys
+holds the rest: storage, ingress (API keys, CORS), encoder, A1111, images sent in,
+the playground page, and :class:`ImageServingArgs`, the whole block. Unknown keys
 are errors everywhere, so a typo fails at startup instead of being ignored.
 """
 
@@ -213,6 +213,16 @@ class ImageInputConfig(StrictModel):
         return value
 
 
+class PlaygroundConfig(StrictModel):
+    """The browser playground at ``/`` and ``/playground`` (``serve_app/routes/playground.py``).
+
+    It is static files that call the public API with the visitor's own API key, so it
+    grants nothing a client could not do; turn it off where no page should be served.
+    """
+
+    enabled: bool = Field(default=True, description="Serve the playground page at / .")
+
+
 class ImageServingArgs(StrictModel):
     """The whole application: models, encoder, ingress, storage."""
 
@@ -225,6 +235,7 @@ class ImageServingArgs(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     a1111: A1111Config = Field(default_factory=A1111Config)
     images: ImageInputConfig = Field(default_factory=ImageInputConfig)
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ImageServingArgs:

@@ -11,8 +11,9 @@ matched. Keys are never logged: a caller is known by :func:`key_owner`, a hash
 prefix, which is also the owner of its stored images (``scope["imagegen.owner"]``).
 
 Routes that stay open (:func:`needs_api_key`): liveness and readiness, the
-OpenAPI document, the A1111 routes (their own Basic auth, ``a1111_access.py``),
-and image URLs whose signature or publication is the credential.
+OpenAPI document, the playground page (static files, no data), the A1111 routes
+(their own Basic auth, ``a1111_auth.py``), and image URLs whose signature or
+publication is the credential.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from common.paths import A1111_ROOT
 logger = logging.getLogger("imagegen.auth")
 
 MIN_KEY_CHARS = 16
-OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json"})
-OPEN_PREFIXES = (A1111_ROOT, "/v1/images/files/", "/v1/images/public/")
+# The playground's static page and assets are open: the page asks for a key itself.
+OPEN_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/", "/playground"})
+OPEN_PREFIXES = (A1111_ROOT, "/v1/images/files/", "/v1/images/public/", "/playground/")
 
 
 def needs_api_key(path: str) -> bool:

@@ -1,10 +1,13 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document for every route the ingress serves.
 
-The document is built from the live route table, so a route added later is listed
-without asking (its path parameters, methods and the error responses every route
-shares). :data:`OPERATIONS` adds what only a person can say: the request body and
-the 200 response, as JSON schemas generated from the protocol's pydantic models,
-never written by hand. A new route gets precise schemas with one entry there.
+The document is built from the live route table: every route is listed with its
+path parameters, methods, the error responses every route shares and whether it
+needs an API key (:func:`serve_app.asgi.auth.needs_api_key`, the middleware's own
+rule). What only a person can say, the summary, the request body and the 200
+response, each route module declares next to the route itself (:class:`ApiRoute`
+with an :class:`Operation`); the schemas are generated from the protocol's pydantic
+models, never written by hand. ``docs/openapi.json`` is this document for
+``serve_config.yaml``, written by ``python -m serve_app.routes.openapi_export``.
 """
 
 from __future__ import annotations
@@ -20,10 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from common.errors import ErrorResponse
-from serve_app.protocol.a1111 import Txt2ImgRequest
-from serve_app.protocol.imagine import ImageList, ImageObject, ImagineRequest
-from serve_app.protocol.openai import ImageGenerateRequest, ImagesResponse, ModelCard
-from serve_app.protocol.openai import ModelList as ModelListResponse
+from serve_app.asgi.auth import needs_api_key
+from serve_app.asgi.endpoints import Endpoint
 
 OPENAPI_PATH = "/openapi.json"
 REF = "#/components/schemas/{model}"
@@ -37,7 +38,8 @@ _CONVERTOR_SCHEMAS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Operation:
-    """What the route table cannot tell about one operation."""
+    """What the route table cannot tell about one operation: declared by the route
+    module next to its :class:`ApiRoute`, so the document cannot miss a route."""
 
     summary: str
     request: type[BaseModel] | None = None
@@ -48,41 +50,18 @@ class Operation:
     binary: bool = False
 
 
-OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("POST", "/v1/images/generations"): Operation(
-        "Generate images (OpenAI dialect shown; Together and imagine bodies are accepted "
-        "too, see the README)",
-        ImageGenerateRequest,
-        ImagesResponse,
-        streams=True,
-    ),
-    ("GET", "/v1/models"): Operation("List models and aliases", response=ModelListResponse),
-    ("GET", "/v1/models/{model}"): Operation("One model or alias", response=ModelCard),
-    ("POST", "/v1/images/imagine"): Operation(
-        "Generate one stored Image object", ImagineRequest, ImageObject
-    ),
-    ("GET", "/v1/images"): Operation(
-        "List stored images, newest first",
-        response=ImageList,
-        query={
-            "limit": {"type": "integer", "minimum": 1, "maximum": 100},
-            "after": {"type": "string"},
-            "name": {"type": "string", "minLength": 1, "maxLength": 256},
-        },
-    ),
-    ("GET", "/v1/images/{image_id}"): Operation("One stored image", response=ImageObject),
-    ("POST", "/v1/images/{image_id}/publish"): Operation("Publish", response=ImageObject),
-    ("POST", "/v1/images/{image_id}/unpublish"): Operation("Unpublish", response=ImageObject),
-    ("GET", "/v1/images/{image_id}/download"): Operation("The image's bytes", binary=True),
-    ("GET", "/v1/images/files/{key}"): Operation(
-        "An image returned as a signed URL",
-        binary=True,
-        query={"expires": {"type": "string"}, "signature": {"type": "string"}},
-    ),
-    ("GET", "/v1/images/public/{name}"): Operation("A published image", binary=True),
-    ("POST", "/sdapi/v1/txt2img"): Operation("AUTOMATIC1111 txt2img", Txt2ImgRequest),
-}
-OPEN_OPERATIONS = ("/health", "/ready", OPENAPI_PATH, "/sdapi/", "/v1/images/files/")
+class ApiRoute(Route):
+    """A Starlette ``Route`` for one method that carries its own :class:`Operation`.
+
+    Every route of the ingress is one of these (a unit test checks it); a plain
+    ``Route`` is still listed, with a generic summary and no body schemas.
+    """
+
+    def __init__(self, path: str, endpoint: Endpoint, method: str, operation: Operation) -> None:
+        super().__init__(path, endpoint, methods=[method])
+        self.operation = operation
+
+
 ERROR_STATUSES = ("400", "401", "403", "404", "405", "413", "422", "429", "503", "504")
 # One server-sent event: its name and its JSON data (a partial or completed image, or
 # an ``error`` with the OpenAI error object).
@@ -104,15 +83,16 @@ A1111_ERROR = {
 
 
 def build_document(routes: Sequence[BaseRoute], title: str = "imagegen-serve") -> dict[str, Any]:
-    """The OpenAPI document for ``routes`` (Starlette ``Route`` objects; others skipped)."""
+    """The OpenAPI document for ``routes`` (Starlette ``Route`` objects; others, and
+    routes with ``include_in_schema=False`` such as the playground's page, skipped)."""
     schemas: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route) or route.methods is None:
+        if not isinstance(route, Route) or route.methods is None or not route.include_in_schema:
             continue
         path, params = _openapi_path(route.path)
         for method in sorted(route.methods - {"HEAD"}):
-            op = OPERATIONS.get((method, path))
+            op = route.operation if isinstance(route, ApiRoute) else None
             entry = _operation(method, path, params, op, schemas)
             paths.setdefault(path, {})[method.lower()] = entry
     paths[OPENAPI_PATH] = {
@@ -168,7 +148,7 @@ def _operation(
             "required": True,
             "content": {"application/json": {"schema": _ref(op.request, schemas)}},
         }
-    if not path.startswith(OPEN_OPERATIONS) and not path.startswith("/v1/images/public/"):
+    if needs_api_key(path):
         operation["security"] = [{"apiKey": []}]
     return operation
 

@@ -97,10 +97,13 @@ def known_sampler_names() -> list[str]:
     return names
 
 
-def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> SchedulerSpec | None:
+def resolve_sampler(
+    sampler_name: str | None, scheduler: str | None, param: str = "sampler_name"
+) -> SchedulerSpec | None:
     """A1111 ``sampler_name`` (+ ``scheduler``) -> a scheduler swap, or a 400 listing names.
 
-    ``None`` for both means the model's configured scheduler.
+    ``None`` for both means the model's configured scheduler. ``param`` names the field
+    in the error (the OpenAI dialect's extension is ``sampler``).
     """
     if sampler_name is None and scheduler in (None, "", "Automatic", "automatic"):
         return None
@@ -110,7 +113,7 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> Schedule
         raise invalid(
             f"Unknown sampler_name {sampler_name!r}. Known samplers: "
             f"{', '.join(known_sampler_names())}.",
-            param="sampler_name",
+            param=param,
             code="unknown_sampler",
         ) from None
     try:
@@ -134,6 +137,11 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None) -> Schedule
         )
     options.update(extra)
     return SchedulerSpec(sampler.class_name, tuple(sorted(options.items())))
+
+
+def sampler_names() -> list[str]:
+    """The base sampler names (without schedule suffixes), as a model card lists them."""
+    return [s.name for s in _SAMPLER_LIST]
 
 
 def sampler_items() -> list[dict[str, object]]:

@@ -18,7 +18,7 @@ ImageSize = Literal[OPENAI_SIZES]  # type: ignore[valid-type]
 ResponseFormat = Literal["url", "b64_json"]
 Background = Literal["transparent", "opaque", "auto"]
 
-# Accepted for compatibility; a diffusion model has no use for them (see README).
+# Accepted for compatibility; a diffusion model has no use for them (see docs/api/openai.md).
 IGNORED_OPENAI_FIELDS = ("quality", "style", "moderation", "user")
 MAX_SEED = 2**63 - 1
 
@@ -54,6 +54,11 @@ class OpenAIImageParams(LenientModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    sampler: str | None = Field(
+        default=None,
+        description="An A1111 sampler name (model card: capabilities.samplers); "
+        "unset: the model's configured scheduler.",
+    )
 
 
 class ImageGenerateRequest(OpenAIImageParams):
@@ -137,6 +142,27 @@ class ImageGenCompletedEvent(ImageStreamEvent):
     seed: int | None = None
 
 
+class FreeSizeLimits(BaseModel):
+    """The free ``width`` x ``height`` a model takes (edits, Together, imagine, A1111)."""
+
+    max_side: int
+    max_pixels: int
+    multiple: int
+
+
+class ModelCapabilities(BaseModel):
+    """Extension: what a client needs to build a valid request for this model
+    (the playground's form reads it); each value is the configured limit."""
+
+    default_steps: int
+    max_steps: int
+    default_guidance: float
+    max_images: int
+    sizes: list[str]
+    free_size: FreeSizeLimits
+    samplers: list[str]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -144,6 +170,7 @@ class ModelCard(BaseModel):
     owned_by: str = "imagegen-serve"
     # Extension: for an alias, the configured model it resolves to.
     root: str | None = None
+    capabilities: ModelCapabilities | None = None
 
 
 class ModelList(BaseModel):

@@ -10,7 +10,16 @@ from serve_app.asgi.endpoints import http_exception_handler
 from serve_app.asgi.middleware import ingress_middleware
 from serve_app.asgi.openapi import openapi_route
 from serve_app.ingress import Ingress
-from serve_app.routes import a1111, edits, files, generations, imagine, models, system
+from serve_app.routes import (
+    a1111,
+    edits,
+    files,
+    generations,
+    imagine,
+    models,
+    playground,
+    system,
+)
 
 
 def all_routes(ingress: Ingress) -> list[BaseRoute]:
@@ -23,6 +32,7 @@ def all_routes(ingress: Ingress) -> list[BaseRoute]:
         *files.routes(ingress),
         *imagine.routes(ingress),
         *system.routes(ingress),
+        *playground.routes(ingress),
     ]
 
 

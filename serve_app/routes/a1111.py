@@ -12,16 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from common.errors import APIError
 from common.model_config import ModelConfig
 from common.paths import A1111_API
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
 from serve_app.asgi.endpoints import api_endpoint, read_json
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.base import Dialect
 from serve_app.dialects.samplers import sampler_items, scheduler_items
+from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.routes.answer import answer, context
 
 if TYPE_CHECKING:
@@ -114,15 +116,15 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         client_of(request)
         return JSONResponse(scheduler_items())
 
-    def route(path: str, endpoint: Any, method: str) -> Route:
-        return Route(A1111_API + path, api_endpoint(endpoint, "a1111"), methods=[method])
+    def route(path: str, endpoint: Any, method: str, operation: Operation) -> ApiRoute:
+        return ApiRoute(A1111_API + path, api_endpoint(endpoint, "a1111"), method, operation)
 
     return [
-        route("/sd-models", sd_models, "GET"),
-        route("/options", get_options, "GET"),
-        route("/options", set_options, "POST"),
-        route("/txt2img", txt2img, "POST"),
-        route("/img2img", img2img, "POST"),
-        route("/samplers", samplers, "GET"),
-        route("/schedulers", schedulers, "GET"),
+        route("/sd-models", sd_models, "GET", Operation("AUTOMATIC1111 checkpoints")),
+        route("/options", get_options, "GET", Operation("AUTOMATIC1111 options of this client")),
+        route("/options", set_options, "POST", Operation("Set this client's checkpoint")),
+        route("/txt2img", txt2img, "POST", Operation("AUTOMATIC1111 txt2img", Txt2ImgRequest)),
+        route("/img2img", img2img, "POST", Operation("AUTOMATIC1111 img2img")),
+        route("/samplers", samplers, "GET", Operation("AUTOMATIC1111 sampler names")),
+        route("/schedulers", schedulers, "GET", Operation("AUTOMATIC1111 schedule names")),
     ]

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from serve_app.asgi.endpoints import api_endpoint
+from serve_app.asgi.endpoints import Endpoint, api_endpoint
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects.base import Dialect
 from serve_app.dialects.openai_edits import EDITS, VARIATIONS
 from serve_app.inputs.uploads import read_form
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
-    def endpoint(dialect: Dialect[Any, dict[str, Any]]) -> Any:
+    def endpoint(dialect: Dialect[Any, dict[str, Any]]) -> Endpoint:
         async def handle(request: Request) -> Response:
             items = await read_form(request, ingress.args.images)
             model, plan = await translate(ingress, dialect, items, context(ingress, request))
@@ -35,6 +36,16 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return api_endpoint(handle)
 
     return [
-        Route("/v1/images/edits", endpoint(EDITS), methods=["POST"]),
-        Route("/v1/images/variations", endpoint(VARIATIONS), methods=["POST"]),
+        ApiRoute(
+            "/v1/images/edits",
+            endpoint(EDITS),
+            "POST",
+            Operation("Edit an image: img2img, or inpainting with a mask (multipart)"),
+        ),
+        ApiRoute(
+            "/v1/images/variations",
+            endpoint(VARIATIONS),
+            "POST",
+            Operation("Variations of an image (multipart)"),
+        ),
     ]

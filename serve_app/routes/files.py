@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from common.errors import APIError
 from serve_app.asgi.endpoints import api_endpoint
+from serve_app.asgi.openapi import ApiRoute, Operation
 from storage.base import content_type_for, is_image_key
 from storage.local import FILES_ROUTE, LocalImageStore
 
@@ -64,6 +65,20 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return Response(data, media_type=content_type_for(name), headers=headers)
 
     return [
-        Route(FILES_ROUTE + "/{key:path}", api_endpoint(get_file), methods=["GET"]),
-        Route(PUBLIC_ROUTE + "/{name}", api_endpoint(get_public), methods=["GET"]),
+        ApiRoute(
+            FILES_ROUTE + "/{key:path}",
+            api_endpoint(get_file),
+            "GET",
+            Operation(
+                "An image returned as a signed URL",
+                binary=True,
+                query={"expires": {"type": "string"}, "signature": {"type": "string"}},
+            ),
+        ),
+        ApiRoute(
+            PUBLIC_ROUTE + "/{name}",
+            api_endpoint(get_public),
+            "GET",
+            Operation("A published image", binary=True),
+        ),
     ]

@@ -11,18 +11,27 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from serve_app.asgi.endpoints import api_endpoint, read_json
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects.detect import detect
 from serve_app.dialects.registry import REGISTRY
 from serve_app.inputs.fetch import ImageFetcher
+from serve_app.protocol.openai import ImageGenerateRequest, ImagesResponse
 from serve_app.routes.answer import answer, context, translate
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
 
 DIALECT_RESPONSE_HEADER = "x-imagegen-dialect"
+GENERATIONS = Operation(
+    "Generate images (OpenAI dialect shown; Together and imagine bodies are accepted "
+    "too, see docs/api/)",
+    ImageGenerateRequest,
+    ImagesResponse,
+    streams=True,
+)
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -34,4 +43,4 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         model, plan = await translate(ingress, dialect, body, context(ingress, request, fetcher))
         return await answer(ingress, model, plan, {DIALECT_RESPONSE_HEADER: dialect.name})
 
-    return [Route("/v1/images/generations", api_endpoint(generations), methods=["POST"])]
+    return [ApiRoute("/v1/images/generations", api_endpoint(generations), "POST", GENERATIONS)]

@@ -19,14 +19,15 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from common.errors import APIError
 from common.formats import CONTENT_TYPES
-from serve_app.asgi.endpoints import api_endpoint, owner_of, read_json
+from serve_app.asgi.endpoints import Endpoint, api_endpoint, owner_of, read_json
+from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects import imagine_api as imagine
-from serve_app.protocol.imagine import ImageList
+from serve_app.protocol.imagine import ImageList, ImageObject, ImagineRequest
 from serve_app.routes.answer import context, translate
 from serve_app.routes.files import PUBLIC_ROUTE
 from storage.catalog import ImageRecord
@@ -36,22 +37,43 @@ if TYPE_CHECKING:
 
 
 IMAGE_ID = re.compile(r"image_[A-Za-z0-9]{1,64}")
-BY_ID = "/v1/images/{image_id}"
+# The documented path: ``{image_id:image_id}`` tells the OpenAPI document (its
+# ``image_id`` parameter schema) which values match. Starlette itself only ever
+# compiles the plain ``{image_id}``; ImageIdRoute checks the value.
+BY_ID = "/v1/images/{image_id:image_id}"
 
 
-class ImageIdRoute(Route):
-    """A route whose ``{image_id}`` matches only image ids.
+class ImageIdRoute(ApiRoute):
+    """An :class:`ApiRoute` whose ``{image_id}`` matches only image ids.
 
-    A local rule rather than a Starlette convertor, which would be registered in
-    Starlette's process-wide table at import time. Any other segment is no match
+    A local rule rather than a Starlette convertor, which would have to be registered
+    in Starlette's process-wide table at import time. Any other segment is no match
     at all, so ``GET /v1/images/generations`` still reaches that route (a 405).
     """
+
+    def __init__(self, path: str, endpoint: Endpoint, method: str, operation: Operation) -> None:
+        super().__init__(
+            path.replace("{image_id:image_id}", "{image_id}"), endpoint, method, operation
+        )
+        self.path = path  # what the OpenAPI document reads; matching uses the compiled regex
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child = super().matches(scope)
         if match is not Match.NONE and not IMAGE_ID.fullmatch(child["path_params"]["image_id"]):
             return Match.NONE, {}
         return match, child
+
+
+CREATE = Operation("Generate one stored Image object", ImagineRequest, ImageObject)
+LIST = Operation(
+    "List stored images, newest first",
+    response=ImageList,
+    query={
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+        "after": {"type": "string"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+)
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -135,13 +157,33 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse({"id": record.id, "object": "image", "deleted": True})
 
     return [
-        Route("/v1/images/imagine", api_endpoint(create), methods=["POST"]),
-        Route("/v1/images", api_endpoint(list_images), methods=["GET"]),
-        ImageIdRoute(BY_ID, api_endpoint(get_image), methods=["GET"]),
-        ImageIdRoute(BY_ID, api_endpoint(delete), methods=["DELETE"]),
-        ImageIdRoute(BY_ID + "/publish", api_endpoint(publish), methods=["POST"]),
-        ImageIdRoute(BY_ID + "/unpublish", api_endpoint(unpublish), methods=["POST"]),
-        ImageIdRoute(BY_ID + "/download", api_endpoint(download), methods=["GET"]),
+        ApiRoute("/v1/images/imagine", api_endpoint(create), "POST", CREATE),
+        ApiRoute("/v1/images", api_endpoint(list_images), "GET", LIST),
+        ImageIdRoute(
+            BY_ID,
+            api_endpoint(get_image),
+            "GET",
+            Operation("One stored image", response=ImageObject),
+        ),
+        ImageIdRoute(BY_ID, api_endpoint(delete), "DELETE", Operation("Delete a stored image")),
+        ImageIdRoute(
+            BY_ID + "/publish",
+            api_endpoint(publish),
+            "POST",
+            Operation("Publish", response=ImageObject),
+        ),
+        ImageIdRoute(
+            BY_ID + "/unpublish",
+            api_endpoint(unpublish),
+            "POST",
+            Operation("Unpublish", response=ImageObject),
+        ),
+        ImageIdRoute(
+            BY_ID + "/download",
+            api_endpoint(download),
+            "GET",
+            Operation("The image's bytes", binary=True),
+        ),
     ]
 
 

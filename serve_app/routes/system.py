@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from serve_app.asgi.endpoints import api_endpoint
+from serve_app.asgi.openapi import ApiRoute, Operation
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -64,9 +65,19 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return JSONResponse({"models": report})
 
     return [
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", api_endpoint(ready), methods=["GET"]),
-        Route("/v1/stats", api_endpoint(stats), methods=["GET"]),
+        ApiRoute("/health", health, "GET", Operation("Liveness: the ingress answers")),
+        ApiRoute(
+            "/ready",
+            api_endpoint(ready),
+            "GET",
+            Operation("Readiness: the encoder and every always-on model answer"),
+        ),
+        ApiRoute(
+            "/v1/stats",
+            api_endpoint(stats),
+            "GET",
+            Operation("Batch counters of each model deployment"),
+        ),
     ]
 
 

@@ -219,3 +219,16 @@ def test_samplers_listing(app: App) -> None:
     names = [s["name"] for s in app.client.get("/sdapi/v1/samplers").json()]
     assert {"Euler", "Euler a", "DPM++ 2M", "DDIM", "LMS", "UniPC"} <= set(names)
     assert "Karras" in [s["label"] for s in app.client.get("/sdapi/v1/schedulers").json()]
+
+
+def test_openai_sampler_extension_swaps_the_scheduler(app: App) -> None:
+    response = app.client.post(GENERATIONS, json={"prompt": "x", "sampler": "Euler a"})
+    assert response.status_code == 200, response.text
+    job = app.jobs[-1][1]
+    assert job.scheduler is not None
+    assert job.scheduler.class_name == "EulerAncestralDiscreteScheduler"
+    bad = app.client.post(GENERATIONS, json={"prompt": "x", "sampler": "Nope"})
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "sampler" and error["code"] == "unknown_sampler"
+    assert "Euler a" in error["message"]

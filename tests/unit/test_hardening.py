@@ -19,7 +19,8 @@ from common.request_context import RequestIdFilter, sane_request_id
 from serve_app.asgi.auth import ApiKeys, key_owner, load_keys, needs_api_key, parse_keys
 from serve_app.asgi.endpoints import OWNER_SCOPE_KEY, api_endpoint, read_json, request_id_of
 from serve_app.asgi.middleware import ingress_middleware
-from serve_app.asgi.openapi import build_document
+from serve_app.asgi.openapi import ApiRoute, build_document
+from serve_app.routes.generations import GENERATIONS
 
 KEY = "sk-unit-0123456789abcdef"
 
@@ -192,7 +193,7 @@ def test_openapi_document_from_routes() -> None:
         return Response()
 
     routes = [
-        Route("/v1/images/generations", nothing, methods=["POST"]),
+        ApiRoute("/v1/images/generations", nothing, "POST", GENERATIONS),
         Route("/v1/new/{thing:path}", nothing, methods=["GET"]),  # a route nobody described
     ]
     document = build_document(routes)
