@@ -10,18 +10,20 @@ from serve_app.asgi.endpoints import http_exception_handler
 from serve_app.asgi.middleware import ingress_middleware
 from serve_app.asgi.openapi import openapi_route
 from serve_app.ingress import Ingress
-from serve_app.routes import a1111, edits, files, generations, imagine, models, system
+from serve_app.routes import a1111, edits, files, generations, imagine, jobs, models, system
 
 
 def all_routes(ingress: Ingress) -> list[BaseRoute]:
-    """Specific paths come before parameterised ones (Starlette matches in order)."""
+    """Specific paths come before parameterised ones (Starlette matches in order). The
+    generation, edit and imagine routes also take the async form (``routes/jobs.py``)."""
     return [
-        *generations.routes(ingress),
-        *edits.routes(ingress),
+        *jobs.routes(
+            ingress,
+            [*generations.routes(ingress), *edits.routes(ingress), *imagine.routes(ingress)],
+        ),
         *models.routes(ingress),
         *a1111.routes(ingress),
         *files.routes(ingress),
-        *imagine.routes(ingress),
         *system.routes(ingress),
     ]
 
