@@ -151,9 +151,13 @@ class JobRunner:
         """Store the job, then run it in the background; the record is the 202 body."""
         self.check_capacity()
         self.start()
-        await asyncio.to_thread(self.jobs.save, record)
         job = ActiveJob(record)
-        self.active[record.id] = job
+        self.active[record.id] = job  # holds its place before the first await
+        try:
+            await asyncio.to_thread(self.jobs.save, record)
+        except BaseException:
+            self.active.pop(record.id, None)
+            raise
         job.task = asyncio.create_task(self._run(job, call), name=f"job {record.id}")
         return record
 
