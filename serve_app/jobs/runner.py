@@ -106,6 +106,7 @@ class JobRunner:
         self._slots: asyncio.Semaphore | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._attempts_lock = asyncio.Lock()
 
     # -- admission and submission ---------------------------------------------------
 
@@ -245,7 +246,7 @@ class JobRunner:
         try:
             await self._finish(job, update)
         finally:
-            self.active.pop(job.record.id, None)
+            self.active.pop(job.record.id, None)  # already gone once the save succeeded
         self._spawn(self._notify(job.record, "completed"))
 
     def _on_progress(self, job: ActiveJob, step: int, total: int) -> None:
@@ -272,6 +273,8 @@ class JobRunner:
             )
             job.record = job.record.model_copy(update=update)
             await asyncio.to_thread(self.jobs.save, job.record)
+            # Under the lock: a webhook attempt recorded from now on goes to the store.
+            self.active.pop(job.record.id, None)
 
     # -- leases, sweeps, webhooks -------------------------------------------------------
 
@@ -327,26 +330,29 @@ class JobRunner:
             return
         if event not in record.webhook_events:
             return
-        state = {"record": record}
-        lock = asyncio.Lock()
 
         async def on_attempt(attempt: WebhookAttempt) -> None:
-            # Terminal records have one writer left (this task), so a read-modify-write
-            # keeps every attempt; a started event on a live job goes to its copy.
-            async with lock:
+            # While the job runs here, the attempt goes to its live copy (saved at the
+            # next tick); once it has finished, webhook attempts are the only writers,
+            # serialised by one lock, so a read-modify-write of the record keeps them all.
+            async with self._attempts_lock:
                 local = self.active.get(record.id)
                 if local is not None:
-                    local.record = local.record.model_copy(
-                        update={"webhook_attempts": [*local.record.webhook_attempts, attempt]}
-                    )
-                    local.dirty = True
-                    return
+                    async with local.lock:
+                        if record.id in self.active:
+                            local.record = local.record.model_copy(
+                                update={
+                                    "webhook_attempts": [*local.record.webhook_attempts, attempt]
+                                }
+                            )
+                            local.dirty = True
+                            return
                 current = await asyncio.to_thread(self.jobs.get, record.owner, record.id)
-                base = current or state["record"]
-                state["record"] = base.model_copy(
+                base = current or record
+                updated = base.model_copy(
                     update={"webhook_attempts": [*base.webhook_attempts, attempt]}
                 )
-                await asyncio.to_thread(self.jobs.save, state["record"])
+                await asyncio.to_thread(self.jobs.save, updated)
 
         try:
             await self.webhooks.deliver(
