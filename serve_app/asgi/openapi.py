@@ -46,6 +46,8 @@ class Operation:
     streams: bool = False
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     binary: bool = False
+    # Answered with 202 (an accepted async job) instead of 200.
+    accepted: bool = False
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -81,6 +83,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/v1/images/public/{name}"): Operation("A published image", binary=True),
     ("POST", "/sdapi/v1/txt2img"): Operation("AUTOMATIC1111 txt2img", Txt2ImgRequest),
+    # Async jobs (docs/jobs.md): the body is the wrapped route's plus "endpoint".
+    ("POST", "/v1/images/jobs"): Operation(
+        "Submit an async job: the wrapped route's body plus 'endpoint'", accepted=True
+    ),
+    ("GET", "/v1/images/jobs"): Operation(
+        "List jobs, newest first",
+        query={
+            "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+            "after": {"type": "string"},
+        },
+    ),
+    ("GET", "/v1/images/jobs/{job_id}"): Operation("One job"),
+    ("DELETE", "/v1/images/jobs/{job_id}"): Operation("Cancel a job"),
 }
 OPEN_OPERATIONS = ("/health", "/ready", OPENAPI_PATH, "/sdapi/", "/v1/images/files/")
 ERROR_STATUSES = ("400", "401", "403", "404", "405", "413", "422", "429", "503", "504")
@@ -161,7 +176,10 @@ def _operation(
     operation: dict[str, Any] = {
         "summary": op.summary if op else f"{method} {path}",
         "parameters": params + query,
-        "responses": {"200": ok, **{s: _json(error, "Error") for s in ERROR_STATUSES}},
+        "responses": {
+            "202" if op is not None and op.accepted else "200": ok,
+            **{s: _json(error, "Error") for s in ERROR_STATUSES},
+        },
     }
     if op is not None and op.request is not None:
         operation["requestBody"] = {

@@ -128,7 +128,11 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
         body = await read_body(request)
         if multipart:
             items = await read_form(request, ingress.args.images)
-            return body, {k: v for k, v in items if not isinstance(v, bytes)}
+            fields = {k: v for k, v in items if not isinstance(v, bytes)}
+            events = [str(v) for k, v in items if k == "webhook_events"]
+            if events:  # repeated fields, each maybe comma-separated
+                fields["webhook_events"] = ",".join(events)
+            return body, fields
         if not body:
             raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
         parsed = limits.parse_json(body)

@@ -86,13 +86,19 @@ def test_jobs_route_wraps_an_edit(http: httpx.Client) -> None:
     Image.new("RGB", (64, 64), (200, 30, 30)).save(png, format="PNG")
     made = http.post(
         JOBS,
-        data={"endpoint": "/v1/images/edits", "prompt": "make it blue", "size": "256x256"},
+        data={
+            "endpoint": "/v1/images/edits",
+            "prompt": "make it blue",
+            "size": "256x256",
+            "webhook_events": ["started", "completed"],  # repeated form fields
+        },
         files={"image": ("in.png", png.getvalue(), "image/png")},
     )
     assert made.status_code == 202, made.text
     done = wait_job(http, made.json()["id"], finished)
     assert done["status"] == "succeeded", done
     assert done["endpoint"] == "/v1/images/edits" and len(done["result"]["data"]) == 1
+    assert "webhook" not in done  # events without a webhook_url are ignored
 
 
 def test_failed_job_carries_the_routes_error(http: httpx.Client) -> None:

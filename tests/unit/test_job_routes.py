@@ -241,3 +241,31 @@ def test_owners_are_separate(tmp_path: Path) -> None:
         assert client.get(f"/v1/images/jobs/{job_id}", headers=bob).status_code == 404
         assert client.delete(f"/v1/images/jobs/{job_id}", headers=bob).status_code == 404
         assert client.get("/v1/images/jobs", headers=bob).json()["data"] == []
+
+
+def test_multipart_job_takes_endpoint_and_repeated_events(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(png, format="PNG")
+    with TestClient(asgi_app(make_ingress(tmp_path, StreamingModel()))) as client:
+        made = client.post(
+            "/v1/images/jobs",
+            data={
+                "endpoint": "/v1/images/edits",
+                "prompt": "x",
+                "webhook_url": f"http://{HOOK_HOST}:9/hook",
+                "webhook_events": ["started", "completed"],
+            },
+            files={"image": ("a.png", png.getvalue(), "image/png")},
+        )
+        assert made.status_code == 202, made.text
+        assert made.json()["webhook"]["events"] == ["started", "completed"]
+        wrong = client.post(
+            "/v1/images/jobs",
+            data={"endpoint": "/v1/images/generations", "prompt": "x"},
+            files={"image": ("a.png", png.getvalue(), "image/png")},
+        )
+        assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "endpoint"
