@@ -2,9 +2,9 @@
 
 - API keys on, read from a file as from a mounted secret (:data:`API_KEY`).
 - A tiny model queue (``max_ongoing_requests`` 2, ``max_queued_requests`` 4), so a
-  burst of requests meets backpressure at once, and a small ingress (admission 48
-  below Serve's 64), so a storm of hundreds meets the ingress's own JSON 429 while
-  ``/health`` keeps answering.
+  burst of requests meets backpressure at once, and the ingress's own admission at 48
+  (far below Serve's ``max_ongoing_requests`` of 512), so a storm of hundreds meets a
+  JSON 429 at once while ``/health``, never refused, keeps answering.
 - Cheap limits (2 images, 4 steps, 4 MP per request), so schemathesis's
   generated requests that are valid stay fast.
 - CORS on for one origin (:data:`CORS_ORIGIN`).
@@ -22,7 +22,7 @@ API_KEY = "sk-hardened-0123456789abcdef"
 SECOND_KEY = "sk-second-fedcba9876543210"
 CORS_ORIGIN = "https://app.example"
 MODEL_ONGOING, MODEL_QUEUED = 2, 4
-INGRESS_ONGOING, INGRESS_LIMIT = 64, 48
+INGRESS_ONGOING, INGRESS_LIMIT = 512, 48
 JOBS_MAX_QUEUED = 12
 
 
@@ -53,9 +53,10 @@ def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
         "max_queued_requests": 64,
         "ray_actor_options": {"num_cpus": 0.05},
     }
-    # The ingress's own admission refuses past INGRESS_LIMIT (JSON 429), below Serve's
-    # max_ongoing_requests, so a storm larger than both never meets the proxy's
-    # plain-text 503: the proxy queue is unbounded and drains at refusal speed.
+    # The ingress's own admission refuses past INGRESS_LIMIT (JSON 429), far below
+    # Serve's max_ongoing_requests, so the proxy hands every request of a storm to the
+    # replica at once (a request waiting in the proxy's queue would delay /health too)
+    # and never sheds with its plain-text 503: max_queued_requests is unbounded.
     args["ingress"]["max_concurrent_requests"] = INGRESS_LIMIT
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
