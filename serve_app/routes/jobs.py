@@ -173,6 +173,9 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
 
     async def list_jobs(request: Request) -> Response:
         params = request.query_params
+        unknown = sorted(set(params) - {"limit", "after"})
+        if unknown:
+            raise invalid(f"Unknown query parameters {unknown}; use limit and after.", unknown[0])
         raw_limit = params.get("limit", str(DEFAULT_LIST_LIMIT))
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
             raise invalid(

@@ -269,3 +269,10 @@ def test_multipart_job_takes_endpoint_and_repeated_events(tmp_path: Path) -> Non
             files={"image": ("a.png", png.getvalue(), "image/png")},
         )
         assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "endpoint"
+
+
+def test_list_refuses_unknown_query_parameters(tmp_path: Path) -> None:
+    with TestClient(asgi_app(make_ingress(tmp_path, StreamingModel()))) as client:
+        response = client.get("/v1/images/jobs", params={"limit": 5, "colour": "red"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "colour"
+        assert client.get("/v1/images/jobs", params={"limit": 0}).status_code == 400
