@@ -139,6 +139,13 @@ class CorsConfig(StrictModel):
 
 class IngressConfig(StrictModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests one ingress replica works on at once; past it a JSON 429 with "
+        "Retry-After. Must stay below deployment.max_ongoing_requests, so Serve's proxy "
+        "never sheds with its plain-text 503. Unset: 7/8 of max_ongoing_requests.",
+    )
     request_timeout_s: float = Field(default=300.0, gt=0)
     public_base_url: str | None = Field(
         default=None, description="Base for image URLs; defaults to the request's own host."
@@ -148,6 +155,70 @@ class IngressConfig(StrictModel):
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=256)
     )
+
+    @model_validator(mode="after")
+    def _admission_below_serve(self) -> IngressConfig:
+        ongoing = self.deployment.max_ongoing_requests
+        limit = self.max_concurrent_requests
+        if limit is not None and ongoing is not None and limit >= ongoing:
+            raise ValueError(
+                f"ingress.max_concurrent_requests ({limit}) must be below "
+                f"ingress.deployment.max_ongoing_requests ({ongoing})"
+            )
+        return self
+
+    def admission_limit(self) -> int | None:
+        """The in-ingress bound on concurrent requests (``None``: unbounded)."""
+        if self.max_concurrent_requests is not None:
+            return self.max_concurrent_requests
+        ongoing = self.deployment.max_ongoing_requests
+        return None if ongoing is None else max(1, ongoing - max(1, ongoing // 8))
+
+
+class WebhookConfig(StrictModel):
+    """Signed job webhooks (Standard Webhooks). The secret is read like API keys: from
+    ``secret_env`` or ``secret_file`` (a mounted secret), ``whsec_<base64>``. Without a
+    secret, requests that name a ``webhook_url`` are refused with a 400."""
+
+    secret_env: str | None = Field(default="IMAGEGEN_WEBHOOK_SECRET")
+    secret_file: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, description="One delivery attempt.")
+    max_attempts: int = Field(default=6, ge=1, le=20)
+    initial_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=60.0, gt=0)
+    max_total_s: float = Field(
+        default=600.0, gt=0, description="No attempt starts later than this after the first."
+    )
+
+
+class JobsConfig(StrictModel):
+    """Async jobs (``/v1/images/jobs``, ``Prefer: respond-async``), kept in the image store."""
+
+    enabled: bool = True
+    max_queued: int = Field(
+        default=256, ge=1, description="Unfinished jobs per ingress replica; 429 past it."
+    )
+    max_running: int = Field(
+        default=32, ge=1, description="Jobs one ingress replica sends to the models at once."
+    )
+    queue_timeout_s: float = Field(
+        default=1800.0, gt=0, description="How long a job may wait for a full model queue."
+    )
+    lease_s: float = Field(
+        default=30.0, gt=0, description="A running job whose lease is this old is worker_lost."
+    )
+    heartbeat_s: float = Field(default=5.0, gt=0, description="How often leases are renewed.")
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> JobsConfig:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError(
+                f"jobs.heartbeat_s ({self.heartbeat_s}) must be at most half of "
+                f"jobs.lease_s ({self.lease_s})"
+            )
+        return self
 
 
 class EncoderConfig(StrictModel):
@@ -236,6 +307,7 @@ class ImageServingArgs(StrictModel):
     a1111: A1111Config = Field(default_factory=A1111Config)
     images: ImageInputConfig = Field(default_factory=ImageInputConfig)
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ImageServingArgs:

@@ -69,6 +69,8 @@ class GenerationJob:
     loras: tuple[LoraRef, ...] = ()
     # Previews to stream while denoising (0-3); only set for stream=true requests.
     partial_images: int = 0
+    # Streamed requests only: a "progress" event after every denoising step (async jobs).
+    report_progress: bool = False
     # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
     # resized to the generation size by the ingress; for inpaint also a
     # (gen_height, gen_width) uint8 mask, 255 where to repaint. ``strength`` is the
@@ -160,9 +162,12 @@ class ImageEvent:
     are at latent resolution; the encoder resizes them like finals.
     """
 
-    kind: Literal["partial", "final", "error"]
+    kind: Literal["partial", "final", "error", "progress"]
     pixels: Any
     partial_index: int | None = None
+    # For kind "progress": denoising step ``step`` of ``total_steps`` is done.
+    step: int | None = None
+    total_steps: int | None = None
     # For kind "error": why this request failed (the others in its batch go on).
     error: BaseException | None = None
 

@@ -7,14 +7,20 @@ to the encoder, so pixels never travel back through here, or
 :meth:`Ingress.stream_images` for ``stream=true``. Both check the canonical job
 against the model first (``common.limits.check_job``), whatever route built it.
 The Serve deployment class that adds the HTTP app is ``serve_app.app.IngressDeployment``.
+
+An async job (``serve_app/jobs``) runs the same route code with :data:`PROGRESS` set:
+then :meth:`Ingress.generate_images` takes the model's streamed path with per-step
+progress events on (previews off) and reports each step to the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
@@ -36,6 +42,9 @@ logger = logging.getLogger("imagegen.ingress")
 # deployment name -> its RUNNING replicas; asked only when a queue is full.
 ReplicaCounter = Callable[[str], Awaitable[int]]
 REPLICA_COUNT_TTL_S = 1.0
+# (step, total_steps) after each denoising step; set by the job runner for its task only.
+ProgressSink = Callable[[int, int], None]
+PROGRESS: ContextVar[ProgressSink | None] = ContextVar("imagegen_job_progress", default=None)
 
 
 class Ingress:
@@ -95,9 +104,12 @@ class Ingress:
     ) -> list[EncodedImage]:
         """Generate on the model deployment, encode on the encoder, within the deadline."""
         limits.check_job(model, job, spec)
-        pixels = self.models[model.id].generate.remote(job)
-        encoded = self.encoder.encode.remote(pixels, spec)
         try:
+            sink = PROGRESS.get()
+            if sink is not None:
+                return await self._generate_observed(model, job, spec, sink)
+            pixels = self.models[model.id].generate.remote(job)
+            encoded = self.encoder.encode.remote(pixels, spec)
             return await self.within_deadline(pixels, encoded)
         except Exception as exc:
             # A full queue while the model has no running replica is a cold start
@@ -105,6 +117,31 @@ class Ingress:
             if is_backpressure(exc) and await self._is_cold(model):
                 raise model_starting(model.id, model.cold_start_retry_after_s) from None
             raise
+
+    async def _generate_observed(
+        self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, sink: ProgressSink
+    ) -> list[EncodedImage]:
+        """The streamed model call with progress events only; the finals go to the encoder.
+        Cancelling the caller (a job's ``DELETE``) cancels the stream: its rows leave the
+        batch at the next step."""
+        observed = dataclasses.replace(job, report_progress=True, partial_images=0)
+        stream = self.models[model.id].options(stream=True).generate_stream.remote(observed)
+        pixels = None
+        try:
+            async with asyncio.timeout(self.args.ingress.request_timeout_s):
+                async for event in stream:
+                    if event.kind == "progress":
+                        sink(event.step, event.total_steps)
+                    elif event.kind == "final":
+                        pixels = event.pixels
+                        break
+        finally:
+            if pixels is None:
+                stream.cancel()
+        if pixels is None:
+            raise RuntimeError(f"request {job.request_id} ended without images")
+        async with asyncio.timeout(self.args.ingress.request_timeout_s):
+            return await self.encoder.encode.remote(pixels, spec)
 
     def stream_images(
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat

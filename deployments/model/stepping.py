@@ -63,6 +63,11 @@ class GroupObserver:
             if subs[index].stream and job.partial_images > 0:
                 steps = partial_steps(group.denoising_steps, job.partial_images)
                 self.schedule[index] = {step: i for i, step in enumerate(steps)}
+        self.progress = [
+            index
+            for index in sorted({owner[0] for owner in group.owners})
+            if subs[index].stream and subs[index].job.report_progress
+        ]
 
     def __call__(
         self, step: int, total: int, rows: list[int], preview: Callable[[], np.ndarray]
@@ -85,7 +90,11 @@ class GroupObserver:
                 self.subs[index].sent_partials.add(partial_index)
                 self.emit(index, event)
                 self.stats.partial_images_sent += len(mine)
-        # 2. Rows of cancelled requests leave the batch (if the scheduler allows it).
+        # 2. Step counts for streamed requests that asked for them (async jobs).
+        for index in self.progress:
+            if not self.subs[index].cancelled:
+                self.emit(index, ImageEvent("progress", None, step=step, total_steps=total))
+        # 3. Rows of cancelled requests leave the batch (if the scheduler allows it).
         drop = set(rows) - set(live)
         if drop and step < total:
             self.stats.dropped_images += len(drop)

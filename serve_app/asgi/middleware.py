@@ -7,11 +7,16 @@ In order, for each HTTP request (:class:`GuardMiddleware`):
 2. **Body size**: a declared ``Content-Length`` over the limit is a 413 before a
    byte is read; a streamed body is cut off with 413 as soon as it passes it
    (``common.limits.body_limit``: uploads get ``images.max_upload_bytes``).
-3. **API key**: routes that need one (``serve_app.asgi.auth.needs_api_key``) get a 401
+3. **Admission**: past ``ingress.max_concurrent_requests`` requests in this replica
+   (below the deployment's ``max_ongoing_requests``), a JSON 429 ``overloaded`` with
+   ``Retry-After``, at once. Serve's proxy thus never has to shed (its refusal is a
+   plain-text 503): every refusal a client sees is an OpenAI error object.
+   ``/health`` and ``/ready`` are never refused.
+4. **API key**: routes that need one (``serve_app.asgi.auth.needs_api_key``) get a 401
    without a valid Bearer key; a valid one sets ``scope["imagegen.owner"]``.
-4. **Errors**: anything a route lets escape becomes a classified error in the
+5. **Errors**: anything a route lets escape becomes a classified error in the
    route's dialect shape (OpenAI, or A1111 under ``/sdapi/``), never a traceback.
-5. **Headers** on every response: ``X-Content-Type-Options: nosniff``, a
+6. **Headers** on every response: ``X-Content-Type-Options: nosniff``, a
    ``Content-Security-Policy`` that forbids active content (served images included),
    ``Cache-Control: no-store`` unless the route chose a policy, and ``X-Request-ID``
    when no proxy in front adds it.
@@ -34,7 +39,7 @@ from common.config import ImageInputConfig, IngressConfig
 from common.errors import APIError, from_exception
 from common.paths import A1111_ROOT
 from common.request_context import REQUEST_ID, new_request_id, sane_request_id
-from serve_app.asgi.auth import ApiKeys, needs_api_key
+from serve_app.asgi.auth import OPEN_PATHS, ApiKeys, needs_api_key
 from serve_app.asgi.endpoints import (
     OWNER_SCOPE_KEY,
     REQUEST_ID_SCOPE_KEY,
@@ -69,6 +74,8 @@ class GuardMiddleware:
         self.config = config
         self.images = images
         self.api_keys = api_keys
+        self.limit = config.admission_limit()
+        self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,17 +113,36 @@ class GuardMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > limit.bytes:
                 await reply(limits.too_large(limit.bytes, limit.name))
                 return
-            # 3. The API key, where the route needs one.
+            # 3. Admission: refuse in our own shape before Serve's proxy would.
+            counted = path not in OPEN_PATHS
+            if counted and self.limit is not None and self.inflight >= self.limit:
+                await reply(over_capacity(self.limit))
+                return
+            # 4. The API key, where the route needs one.
             if self.api_keys.enabled and needs_api_key(path):
                 scope[OWNER_SCOPE_KEY] = self.api_keys.owner(headers.get("authorization"))
-            await self.app(scope, _bounded(receive, limit), send_guarded)
-        except Exception as exc:  # noqa: BLE001 - 4. classified and answered
+            self.inflight += counted
+            try:
+                await self.app(scope, _bounded(receive, limit), send_guarded)
+            finally:
+                self.inflight -= counted
+        except Exception as exc:  # noqa: BLE001 - 5. classified and answered
             if started:
                 logger.warning("request %s failed after its response started", request_id)
                 raise
             await reply(from_exception(exc, request_id))
         finally:
             REQUEST_ID.reset(token)
+
+
+def over_capacity(limit: int) -> APIError:
+    return APIError(
+        "rate_limited",
+        f"This server is handling {limit} requests (ingress.max_concurrent_requests); "
+        "retry after a short wait.",
+        code="overloaded",
+        headers={"retry-after": "1"},
+    )
 
 
 def _bounded(receive: Receive, limit: limits.BodyLimit) -> Receive:

@@ -48,6 +48,8 @@ class Operation:
     streams: bool = False
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     binary: bool = False
+    # Answered with 202 (an accepted async job) instead of 200.
+    accepted: bool = False
 
 
 class ApiRoute(Route):
@@ -141,7 +143,10 @@ def _operation(
     operation: dict[str, Any] = {
         "summary": op.summary if op else f"{method} {path}",
         "parameters": params + query,
-        "responses": {"200": ok, **{s: _json(error, "Error") for s in ERROR_STATUSES}},
+        "responses": {
+            "202" if op is not None and op.accepted else "200": ok,
+            **{s: _json(error, "Error") for s in ERROR_STATUSES},
+        },
     }
     if op is not None and op.request is not None:
         operation["requestBody"] = {

@@ -144,7 +144,8 @@ class ImageFetcher:
         ) as client:
             for _hop in range(self.config.fetch_max_redirects + 1):
                 target, host, address = await self.check(url, param)
-                request = _pinned_request(client, target, host, address)
+                accept = {"accept": "image/png, image/jpeg, image/webp"}
+                request = pinned_request(client, target, host, address, headers=accept)
                 try:
                     response = await client.send(request, stream=True)
                 except httpx.HTTPError as exc:
@@ -241,19 +242,27 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     return seen
 
 
-def _pinned_request(
-    client: httpx.AsyncClient, url: httpx.URL, host: str, address: IPAddress
+def pinned_request(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    host: str,
+    address: IPAddress,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    content: bytes | None = None,
 ) -> httpx.Request:
-    """A GET to ``address`` itself; ``Host`` and TLS SNI/verification keep ``host``."""
+    """A request to ``address`` itself; ``Host`` and TLS SNI/verification keep ``host``.
+    Webhook delivery (``serve_app/jobs/webhooks.py``) sends its POSTs through it too."""
     ip_host = f"[{address}]" if address.version == 6 else str(address)
     port = url.port
     host_header = host if port is None else f"{host}:{port}"
     pinned = url.copy_with(host=ip_host.strip("[]"))
     extensions = {"sni_hostname": host} if url.scheme == "https" else {}
     return client.build_request(
-        "GET",
+        method,
         pinned,
-        headers={"host": host_header, "accept": "image/png, image/jpeg, image/webp"},
+        headers={"host": host_header, **(headers or {})},
+        content=content,
         extensions=extensions,
     )
 

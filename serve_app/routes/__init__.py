@@ -16,6 +16,7 @@ from serve_app.routes import (
     files,
     generations,
     imagine,
+    jobs,
     models,
     playground,
     system,
@@ -23,14 +24,16 @@ from serve_app.routes import (
 
 
 def all_routes(ingress: Ingress) -> list[BaseRoute]:
-    """Specific paths come before parameterised ones (Starlette matches in order)."""
+    """Specific paths come before parameterised ones (Starlette matches in order). The
+    generation, edit and imagine routes also take the async form (``routes/jobs.py``)."""
     return [
-        *generations.routes(ingress),
-        *edits.routes(ingress),
+        *jobs.routes(
+            ingress,
+            [*generations.routes(ingress), *edits.routes(ingress), *imagine.routes(ingress)],
+        ),
         *models.routes(ingress),
         *a1111.routes(ingress),
         *files.routes(ingress),
-        *imagine.routes(ingress),
         *system.routes(ingress),
         *playground.routes(ingress),
     ]

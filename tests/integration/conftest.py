@@ -17,6 +17,7 @@ inherit, as pods get them from a secret).
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -31,7 +32,10 @@ import openai
 import pytest
 import yaml
 
+from common.config import WebhookConfig
 from serve_app.app import SIGNING_KEY_ENV
+
+WEBHOOK_SECRET_ENV = WebhookConfig().secret_env or "IMAGEGEN_WEBHOOK_SECRET"
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "imagegen"
@@ -48,6 +52,16 @@ TEST_SIGNING_KEY = "integration-signing-key-0123456789"
 IMAGE_SERVER_HOST = "127.0.0.2"
 # A small upload limit, so the 413 test need not send 50 MB.
 TEST_UPLOAD_LIMIT = 4 << 20
+# Job webhooks are signed with this Standard Webhooks secret (from the environment,
+# as from a Kubernetes secret); leases and retries are short so lease expiry and
+# retry tests take seconds.
+TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"integration-webhook-secret-0123").decode()
+TEST_JOBS = {
+    "lease_s": 3.0,
+    "heartbeat_s": 0.5,
+    "sweep_interval_s": 2.0,
+    "webhooks": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0, "max_total_s": 30.0},
+}
 # The A1111 routes run with Basic auth on, read from a secret file as in production.
 A1111_USER, A1111_PASSWORD = "webui", "s3cret-pass"
 
@@ -88,6 +102,7 @@ def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> d
         "fetch_allowlist": [IMAGE_SERVER_HOST],
         "max_upload_bytes": TEST_UPLOAD_LIMIT,
     }
+    args["jobs"] = copy.deepcopy(TEST_JOBS)
     if image_dir is not None:
         args["storage"]["local_dir"] = image_dir
     if auth_file is not None:
@@ -124,6 +139,7 @@ def ray_serve() -> Iterator[int]:
     # Unix socket paths are short-limited: keep Ray's temp dir near the root.
     ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
+    os.environ[WEBHOOK_SECRET_ENV] = TEST_WEBHOOK_SECRET
     RAY_PORTS["metrics"] = free_port()
     ray.init(
         address="local",

@@ -2,8 +2,9 @@
 
 - API keys on, read from a file as from a mounted secret (:data:`API_KEY`).
 - A tiny model queue (``max_ongoing_requests`` 2, ``max_queued_requests`` 4), so a
-  burst of requests meets backpressure at once while the ingress, with room for
-  hundreds, keeps answering ``/health``.
+  burst of requests meets backpressure at once, and the ingress's own admission at 48
+  (far below Serve's ``max_ongoing_requests`` of 512), so a storm of hundreds meets a
+  JSON 429 at once while ``/health``, never refused, keeps answering.
 - Cheap limits (2 images, 4 steps, 4 MP per request), so schemathesis's
   generated requests that are valid stay fast.
 - CORS on for one origin (:data:`CORS_ORIGIN`).
@@ -21,6 +22,8 @@ API_KEY = "sk-hardened-0123456789abcdef"
 SECOND_KEY = "sk-second-fedcba9876543210"
 CORS_ORIGIN = "https://app.example"
 MODEL_ONGOING, MODEL_QUEUED = 2, 4
+INGRESS_ONGOING, INGRESS_LIMIT = 512, 48
+JOBS_MAX_QUEUED = 12
 
 
 def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
@@ -50,16 +53,19 @@ def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
         "max_queued_requests": 64,
         "ray_actor_options": {"num_cpus": 0.05},
     }
+    # The ingress's own admission refuses past INGRESS_LIMIT (JSON 429), far below
+    # Serve's max_ongoing_requests, so the proxy hands every request of a storm to the
+    # replica at once (a request waiting in the proxy's queue would delay /health too)
+    # and never sheds with its plain-text 503: max_queued_requests is unbounded.
+    args["ingress"]["max_concurrent_requests"] = INGRESS_LIMIT
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
-        "max_ongoing_requests": 512,
-        # Above the storm's 200: the proxy's router counts a burst as queued until it
-        # assigns it, and past this it sheds with a plain-text 503 (Ray's body).
-        "max_queued_requests": 256,
-        "backpressure_config": {"status_code": 503, "retry_after_s": 2},
+        "max_ongoing_requests": INGRESS_ONGOING,
         "ray_actor_options": {"num_cpus": 0.05},
     }
     args["ingress"]["api_keys"] = {"keys_file": str(keys_file), "required": True}
+    # Few unfinished jobs per replica, so the test can pass jobs.max_queued.
+    args["jobs"] = {**args.get("jobs", {}), "max_queued": JOBS_MAX_QUEUED}
     args["ingress"]["cors"] = {"allow_origins": [CORS_ORIGIN]}
     # Its own A1111 options (no Basic auth here), so fuzzed options stay in this app.
     args["a1111"] = {"enabled": True, "auth_env": None, "options_dir": f"{secret_dir}/a1111"}

@@ -7,6 +7,7 @@ warning about ``max_ongoing_requests``, which is patched out for these tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -329,3 +330,18 @@ async def test_non_finite_image_fails_its_request_with_a_clear_error() -> None:
         await asyncio.wait_for(server.generate(job("n", 98, 99)), 5)
     assert info.value.code == "invalid_output" and info.value.status == 500
     assert seeds_of(await asyncio.wait_for(server.generate(job("ok", 5)), 5)) == [5]
+
+
+async def test_a_job_asking_for_progress_gets_every_step_and_no_previews() -> None:
+    server = make_server()
+    observed = dataclasses.replace(job("p", 5), report_progress=True)
+    events = await asyncio.wait_for(collect(server, observed), 5)
+    assert [(e.kind, e.step, e.total_steps) for e in events] == [
+        ("progress", 1, 4),
+        ("progress", 2, 4),
+        ("progress", 3, 4),
+        ("progress", 4, 4),
+        ("final", None, None),
+    ]
+    plain = await asyncio.wait_for(collect(server, job("q", 6, partials=1)), 5)
+    assert "progress" not in [e.kind for e in plain]  # streams that did not ask get none
