@@ -62,6 +62,14 @@ SAMPLERS = [
     ("DPM++ 2M", SchedulerSpec("DPMSolverMultistepScheduler")),
     ("DDIM", SchedulerSpec("DDIMScheduler")),
     ("Heun", SchedulerSpec("HeunDiscreteScheduler")),
+    ("DPM2", SchedulerSpec("KDPM2DiscreteScheduler")),
+    ("DPM2 a", SchedulerSpec("KDPM2AncestralDiscreteScheduler")),
+    ("DPM++ 2M SDE", SchedulerSpec(
+        "DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),))),
+    ("LMS", SchedulerSpec("LMSDiscreteScheduler")),
+    ("PLMS", SchedulerSpec("PNDMScheduler", (("skip_prk_steps", True),))),
+    ("UniPC", SchedulerSpec("UniPCMultistepScheduler")),
+    ("Euler Karras", SchedulerSpec("EulerDiscreteScheduler", (("use_karras_sigmas", True),))),
     ("Lightning: trailing Euler, guidance 0", SchedulerSpec(
         "EulerDiscreteScheduler", (("timestep_spacing", "trailing"),))),
 ]  # fmt: skip
