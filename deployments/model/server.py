@@ -162,15 +162,9 @@ class ModelServer:
         In step mode a "batch" is one admission round (the requests admitted at one
         step boundary) and ``pipeline_calls`` counts UNet calls.
         """
-        stats: dict[str, Any] = {**asdict(self._stats), "mode": self.mode}
-        if self._steps is None:
-            return {**stats, "waiting_requests": self._waiting}
-        return {
-            **stats,
-            **asdict(self._steps.step_stats),
-            "waiting_requests": self._steps.waiting,
-            "active_rows": self._steps.active_rows,
-        }
+        if self._steps is not None:
+            return {**self._steps.snapshot(), "mode": self.mode}
+        return {**asdict(self._stats), "mode": self.mode, "waiting_requests": self._waiting}
 
     def ready(self) -> bool:
         return True

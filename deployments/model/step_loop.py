@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -106,12 +106,19 @@ class StepLoop:
         self.executor.submit(self._drive)
 
     @property
-    def waiting(self) -> int:
-        return len(self._pending)
-
-    @property
     def active_rows(self) -> int:
-        return sum(len(group.rows) for group in self._groups.values())
+        # list(): one atomic copy, as the event loop may read while the pipeline thread adds.
+        return sum(len(group.rows) for group in list(self._groups.values()))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for ``stats()``, copied under the lock (the pipeline thread writes)."""
+        with self._lock:
+            return {
+                **asdict(self.stats),
+                **asdict(self.step_stats),
+                "waiting_requests": len(self._pending),
+                "active_rows": self.active_rows,
+            }
 
     # -- the pipeline thread ------------------------------------------------------
 
@@ -150,7 +157,8 @@ class StepLoop:
         self._round += 1
         now = time.perf_counter()
         images = sum(sub.n for sub in admitted)
-        self.stats.record(len(admitted), images, 0, sum(sub.stream for sub in admitted))
+        with self._lock:  # stats() snapshots under the same lock
+            self.stats.record(len(admitted), images, 0, sum(sub.stream for sub in admitted))
         self.metrics.batch_images.observe(images)
         for sub in admitted:
             self.metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
@@ -207,9 +215,12 @@ class StepLoop:
         except Exception:  # noqa: BLE001 - retried one request at a time below
             errors = self._isolate(group, rows)
         self.metrics.generation_ms.observe((time.perf_counter() - started) * 1000)
+        failing: dict[int, tuple[Submission, Exception]] = {}
         for row, error in zip(rows, errors, strict=True):
             if error is not None:
-                self._fail(row.owner, error)
+                failing.setdefault(id(row.owner), (row.owner, error))
+        for sub, error in failing.values():
+            self._fail(sub, error)
         live = [row for row in rows if not self._request(row).failed]
         self._send_previews(live)
         finished = [row for row in live if row.done]
@@ -242,8 +253,9 @@ class StepLoop:
     def _record_call(self, rows: int) -> None:
         self.step_stats.unet_calls += 1
         self.stats.pipeline_calls += 1
-        hist = self.step_stats.rows_per_call_histogram
-        hist[rows] = hist.get(rows, 0) + 1
+        with self._lock:
+            hist = self.step_stats.rows_per_call_histogram
+            hist[rows] = hist.get(rows, 0) + 1
         self.metrics.rows_per_unet_call.observe(rows)
 
     def _send_previews(self, rows: list[Row]) -> None:
