@@ -219,6 +219,19 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _upstream_died(exc: BaseException) -> bool:
+    """Serve's router: "an upstream actor died before finishing a dependent task"."""
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    cause = exc.__cause__
+    return (
+        isinstance(exc, serve_exc.RayServeException)
+        and cause is not None
+        and isinstance(unwrap(cause), ray_exc.RayActorError)
+    )
+
+
 def is_backpressure(exc: BaseException) -> bool:
     """Serve refused the request because a deployment's queue is full."""
     from ray.serve import exceptions as serve_exc
@@ -259,8 +272,10 @@ def from_exception(exc: BaseException, request_id: str) -> APIError:
             code="unavailable",
             headers={"retry-after": "5"},
         )
-    if isinstance(exc, ray_exc.RayActorError):
-        # A replica died while it held this request (killed, OOM, node lost). The
+    if isinstance(exc, ray_exc.RayActorError) or _upstream_died(exc):
+        # A replica died while it held this request (killed, OOM, node lost), or
+        # while the encoder waited for the model's pixels (Serve wraps that death
+        # in a RayServeException whose __cause__ is the ActorDiedError). The
         # request is not retried here (it may have half-run); Serve replaces the
         # replica, and the client's retry lands on a healthy one.
         logger.warning("request %s: a replica died while serving it", request_id)

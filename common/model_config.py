@@ -83,14 +83,29 @@ class DeploymentOptions(StrictModel):
 
 
 class BatchingConfig(StrictModel):
-    """``@serve.batch`` limits; both can be changed live through ``user_config``."""
+    """How a model replica batches images (docs/scheduler.md).
 
-    max_batch_size: int = Field(default=16, ge=1, description="Images per batch, not requests.")
+    ``max_batch_size`` and ``batch_wait_timeout_s`` can be changed live through
+    ``user_config``; ``mode`` is fixed when the replica starts.
+    """
+
+    mode: Literal["step", "request"] = Field(
+        default="step",
+        description="step: requests join and leave the running batch between denoising "
+        "steps (continuous batching). request: one pipeline call per batch of requests "
+        "(@serve.batch behind an admission gate), kept as the benchmark baseline.",
+    )
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Images per batch, not requests. In step mode: the row budget, the "
+        "most images being denoised at once.",
+    )
     batch_wait_timeout_s: float = Field(
         default=0.0,
         ge=0.0,
-        description="Extra wait for a batch to fill once the model is free. "
-        "Batches already form from what queued while the previous batch ran.",
+        description="Request mode only: extra wait for a batch to fill once the model is "
+        "free. Batches already form from what queued while the previous batch ran.",
     )
 
 

@@ -10,6 +10,9 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 | ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start |
 | ``ray_imagegen_generation_ms`` | histogram | model | one pipeline call (one shape group) |
 | ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
+| ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: image rows in one UNet call |
+| ``ray_imagegen_admission_wait_ms`` | histogram | model | step mode: arrival to admission |
+| ``ray_imagegen_step_queue_depth`` | gauge | model | step mode: requests waiting for admission |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
 
 Outside a Serve replica (unit tests) Ray's metric objects record nothing.
@@ -17,7 +20,7 @@ Outside a Serve replica (unit tests) Ray's metric objects record nothing.
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
@@ -56,7 +59,27 @@ class ModelMetrics:
             description="Images of cancelled requests removed from a running pipeline call.",
             tag_keys=("model",),
         )
+        self.rows_per_unet_call = Histogram(
+            "imagegen_rows_per_unet_call",
+            description="Step mode: image rows sharing one UNet call.",
+            boundaries=BATCH_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.admission_wait_ms = Histogram(
+            "imagegen_admission_wait_ms",
+            description="Step mode: from a request reaching the replica to its admission, in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model",),
+        )
+        self.step_queue_depth = Gauge(
+            "imagegen_step_queue_depth",
+            description="Step mode: requests waiting for admission at the next step boundary.",
+            tag_keys=("model",),
+        )
         for metric in (
+            self.rows_per_unet_call,
+            self.admission_wait_ms,
+            self.step_queue_depth,
             self.images,
             self.batch_images,
             self.queue_wait_ms,

@@ -24,7 +24,8 @@ methods, even when the pipeline call raises.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -97,9 +98,25 @@ class DeepCache:
     def __enter__(self) -> DeepCache:
         self.step = 0
         self._cache.clear()
+        self._install()
+        return self
+
+    def _install(self) -> None:
         for index, module in enumerate(deep_modules(self.unet)):
             self._wrap(index, module)
-        return self
+
+    @contextmanager
+    def hooked(self) -> Iterator[DeepCache]:
+        """Install the hooks for one UNet call, keeping the cache and step counter.
+
+        The step loop holds one ``DeepCache`` per cohort of rows across its ticks and
+        hooks the shared UNet only around that cohort's own calls.
+        """
+        self._install()
+        try:
+            yield self
+        finally:
+            self._uninstall()
 
     def __exit__(
         self,
@@ -107,6 +124,10 @@ class DeepCache:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._uninstall()
+        self._cache.clear()
+
+    def _uninstall(self) -> None:
         for module, original in reversed(self._originals):
             # The wrapper lives in the instance dict; dropping it restores the class
             # method unless ``forward`` had been patched on the instance before us.
@@ -115,4 +136,3 @@ class DeepCache:
             else:
                 module.forward = original  # type: ignore[method-assign]
         self._originals.clear()
-        self._cache.clear()

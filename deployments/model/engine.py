@@ -26,6 +26,8 @@ from deployments.model.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 if TYPE_CHECKING:
     import torch
 
+    from deployments.model.step_engine import StepRunner
+
 logger = logging.getLogger("imagegen.engine")
 
 
@@ -188,6 +190,12 @@ class DiffusersEngine:
             return self._generate(pipe, group, generators, rows, observer)
         finally:
             pipe.scheduler = self.base_scheduler
+
+    def step_runner(self) -> StepRunner:
+        """Step primitives over this engine's components (``batching.mode: step``)."""
+        from deployments.model.step_engine import StepRunner
+
+        return StepRunner(self)
 
     def _pipe_for(self, mode: str) -> Any:
         return self.pipe if mode == "txt2img" else self.pipelines.for_mode(mode)

@@ -73,24 +73,24 @@ def mode_kwargs(group: GenerationGroup) -> dict[str, Any]:
     if group.init_images is None or group.strength is None:
         raise ValueError(f"a {group.mode} group needs init images and a strength")
     kwargs: dict[str, Any] = {
-        "image": [_rgb(image) for image in group.init_images],
+        "image": [rgb_image(image) for image in group.init_images],
         "strength": group.strength,
     }
     if group.mode == "inpaint":
         if group.masks is None:
             raise ValueError("an inpaint group needs masks")
-        kwargs["mask_image"] = [_gray(mask) for mask in group.masks]
+        kwargs["mask_image"] = [gray_image(mask) for mask in group.masks]
         kwargs["width"], kwargs["height"] = group.width, group.height
     return kwargs
 
 
-def _rgb(pixels: np.ndarray) -> Image.Image:
+def rgb_image(pixels: np.ndarray) -> Image.Image:
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
 
 
-def _gray(mask: np.ndarray) -> Image.Image:
+def gray_image(mask: np.ndarray) -> Image.Image:
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(mask), mode="L")

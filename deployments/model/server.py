@@ -1,6 +1,11 @@
 """The model deployment: one per configured model, batching requests by image count.
 
-How a batch forms. Ray's ``@serve.batch`` loop pulls the next batch as soon as one
+Two batching modes (``batching.mode``). In ``step`` mode (the default) the replica
+owns the denoising loop: requests join and leave the running batch between steps
+(:mod:`deployments.model.step_loop`, docs/scheduler.md). In ``request`` mode, the
+benchmark baseline, one pipeline call serves a whole batch of requests, as follows.
+
+How a request-mode batch forms. Ray's ``@serve.batch`` loop pulls the next batch as soon as one
 item is queued, even while the previous batch still runs, so with a short wait it
 would cut many batches of one. An admission gate in front of it fixes that: while
 a batch runs, new requests wait at the gate; when it finishes they all enter the
@@ -37,6 +42,7 @@ from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
 from deployments.model.batching import count_images, group_jobs
 from deployments.model.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.model.step_loop import StepLoop
 from deployments.model.stepping import Submission, run_groups
 
 logger = logging.getLogger("imagegen.model")
@@ -69,6 +75,22 @@ class ModelServer:
         started = time.perf_counter()
         factory = engine_factory or diffusers_engine_factory
         self._engine: Engine = self._executor.submit(factory, self.config).result()
+        self.mode = self.config.batching.mode
+        self._steps: StepLoop | None = None
+        if self.mode == "step":
+            make_runner = getattr(self._engine, "step_runner", None)
+            if make_runner is None:
+                raise ValueError(
+                    f"model {self.config.id!r}: batching.mode 'step' needs an engine with "
+                    "step_runner(); this engine has none (use batching.mode: request)"
+                )
+            self._steps = StepLoop(
+                make_runner(),
+                self._executor,
+                self.config.batching.max_batch_size,
+                self._stats,
+                self._metrics,
+            )
         if self.config.warmup:
             self._executor.submit(self._warmup).result()
         logger.info("model %s ready in %.2fs", self.config.id, time.perf_counter() - started)
@@ -87,6 +109,9 @@ class ModelServer:
                 steps=min(WARMUP_STEPS, self.config.default_steps),
                 guidance=self.config.default_guidance,
             )
+            if self._steps is not None:
+                self._steps.run_alone(job)
+                continue
             for group in group_jobs([job]):
                 self._engine.generate(group)
 
@@ -98,6 +123,12 @@ class ModelServer:
                 f"max_batch_size {batching.max_batch_size} is below "
                 f"max_images_per_request {self.config.max_images_per_request}"
             )
+        if batching.mode != self.mode:
+            raise ValueError(
+                f"batching.mode is fixed at replica start ({self.mode!r}); redeploy to change it"
+            )
+        if self._steps is not None:
+            self._steps.budget = batching.max_batch_size
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
@@ -125,8 +156,15 @@ class ModelServer:
 
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images), and how many
-        requests wait at the admission gate for the running batch right now."""
-        return {**asdict(self._stats), "waiting_requests": self._waiting}
+        requests wait right now (request mode: at the admission gate for the running
+        batch; step mode: for admission at the next step boundary).
+
+        In step mode a "batch" is one admission round (the requests admitted at one
+        step boundary) and ``pipeline_calls`` counts UNet calls.
+        """
+        if self._steps is not None:
+            return {**self._steps.snapshot(), "mode": self.mode}
+        return {**asdict(self._stats), "mode": self.mode, "waiting_requests": self._waiting}
 
     def ready(self) -> bool:
         return True
@@ -134,6 +172,10 @@ class ModelServer:
     # -- batching -------------------------------------------------------------
 
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._steps is not None:
+            async for event in self._submit_step(self._steps, sub):
+                yield event
+            return
         if self._gate_closed:
             self._waiting += 1
             try:
@@ -163,6 +205,27 @@ class ModelServer:
         finally:
             if not finished and not pump.done():
                 self._cancel(sub)
+
+    async def _submit_step(self, steps: StepLoop, sub: Submission) -> AsyncIterator[ImageEvent]:
+        """Step mode: hand the request to the step loop and relay its events."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[ImageEvent] = asyncio.Queue()
+        sub.sink = lambda event: loop.call_soon_threadsafe(inbox.put_nowait, event)
+        steps.submit(sub)
+        finished = False
+        try:
+            while True:
+                item = await inbox.get()
+                if item.kind == "error":
+                    finished = True
+                    raise item.error or RuntimeError("generation failed")
+                finished = item.kind == "final"
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._cancel(sub)  # its rows leave at the next step boundary
 
     async def _pump(
         self, sub: Submission, inbox: asyncio.Queue[ImageEvent | BaseException | None]

@@ -34,6 +34,8 @@ class Submission:
     arrived: float = field(default_factory=time.perf_counter)
     # Preview indices already sent, so a retried call does not send them twice.
     sent_partials: set[int] = field(default_factory=set)
+    # Step mode: where the step loop (on the pipeline thread) sends this request's events.
+    sink: Callable[[ImageEvent], None] | None = None
 
     @property
     def n(self) -> int:

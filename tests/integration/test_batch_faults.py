@@ -61,7 +61,11 @@ def faulty(ray_serve: int) -> Iterator[tuple[str, Any]]:
     image_dir = tempfile.mkdtemp(prefix="imagegen-faulty-")
     args = app_args_for_tests(image_dir)
     model = args["models"][0]
-    model["batching"] = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
+    # The injected faults live in the request path's engine.generate, and the test
+    # asserts request-mode internals (the gate, the split batch): pinned to that mode.
+    # Step mode's failure isolation: tests/unit/test_step_loop.py and
+    # tests/integration/test_step_batching.py.
+    model["batching"] = {"mode": "request", "max_batch_size": 4, "batch_wait_timeout_s": 0.0}
     model["max_images_per_request"] = 4
     model["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.05}}
     args["models"] = [model]

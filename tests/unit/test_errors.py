@@ -85,3 +85,19 @@ def test_unexpected_error_hides_details_and_carries_request_id() -> None:
     assert err.status == 500
     assert "req-123" in err.message
     assert "secret" not in err.message and "KeyError" not in err.message
+
+
+def test_an_upstream_replica_death_is_a_clean_503() -> None:
+    """The model replica dies while the encoder waits for its pixels: Serve's router
+    raises a RayServeException caused by the ActorDiedError (seen killing the model
+    replica under load in step mode)."""
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import RayServeException
+
+    from common.errors import from_exception
+
+    wrapped = RayServeException("Request to deployment 'Encoder' failed because an upstream")
+    wrapped.__cause__ = ActorDiedError()
+    error = from_exception(wrapped, "req-1")
+    assert (error.status, error.code) == (503, "replica_failed")
+    assert from_exception(RayServeException("other"), "req-2").code == "internal_error"

@@ -1,4 +1,7 @@
-"""The model server's batching, with a fake engine and no Ray cluster.
+"""The model server's request-mode batching, with a fake engine and no Ray cluster.
+
+Step mode (the default) needs the real engine's step primitives; it is tested in
+test_step_loop.py. These tests pin ``batching.mode: request``.
 
 ``@serve.batch`` runs here on a plain event loop. Its only replica-context call is a
 warning about ``max_ongoing_requests``, which is patched out for these tests.
@@ -79,8 +82,18 @@ class FakeEngine:
         return GroupOutput(stack, rows)
 
 
+REQUEST_MODE = {"mode": "request"}
+
+
 def make_server(**overrides: Any) -> ModelServer:
-    config = {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False, **overrides}
+    batching = {**REQUEST_MODE, **overrides.pop("batching", {})}
+    config = {
+        "id": "m",
+        "source": "builtin:tiny-sdxl",
+        "warmup": False,
+        "batching": batching,
+        **overrides,
+    }
     server = ModelServer(config, engine_factory=FakeEngine)
     server.reconfigure(server.config.batching.model_dump())
     return server
@@ -190,7 +203,12 @@ def test_reconfigure_refuses_batches_smaller_than_a_request() -> None:
 
 def test_warmup_runs_each_generation_size_once() -> None:
     server = ModelServer(
-        {"id": "m", "source": "builtin:tiny-sdxl", "generation_scale": 0.125},
+        {
+            "id": "m",
+            "source": "builtin:tiny-sdxl",
+            "generation_scale": 0.125,
+            "batching": REQUEST_MODE,
+        },
         engine_factory=FakeEngine,
     )
     sizes = sorted({(len(c),) for c in engine(server).calls})
@@ -289,7 +307,8 @@ class PoisonEngine(FakeEngine):
 
 async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> None:
     server = ModelServer(
-        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False}, engine_factory=PoisonEngine
+        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False, "batching": REQUEST_MODE},
+        engine_factory=PoisonEngine,
     )
     fake = engine(server)
     release = fake.pause(0)
@@ -324,7 +343,8 @@ async def test_non_finite_image_fails_its_request_with_a_clear_error() -> None:
     from common.errors import APIError
 
     server = ModelServer(
-        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False}, engine_factory=NaNEngine
+        {"id": "m", "source": "builtin:tiny-sdxl", "warmup": False, "batching": REQUEST_MODE},
+        engine_factory=NaNEngine,
     )
     with pytest.raises(APIError) as info:
         await asyncio.wait_for(server.generate(job("n", 98, 99)), 5)
