@@ -259,6 +259,17 @@ class StepLoop:
         self.metrics.rows_per_unet_call.observe(rows)
 
     def _send_previews(self, rows: list[Row]) -> None:
+        """After a tick: step counts to requests that asked for them (async jobs), then
+        previews to streamed requests due one at this step."""
+        reported: set[int] = set()
+        for row in rows:
+            sub = row.owner
+            if id(sub) in reported or not (sub.stream and sub.job.report_progress):
+                continue
+            reported.add(id(sub))
+            if not sub.cancelled:
+                event = ImageEvent("progress", None, step=row.position, total_steps=row.total)
+                self._emit(sub, event)
         seen: set[int] = set()
         for row in rows:
             active = self._request(row)

@@ -200,6 +200,20 @@ async def test_stream_gets_previews_at_its_steps_then_the_final(engine: Diffuser
     assert server.stats()["partial_images_sent"] == 6
 
 
+async def test_a_job_asking_for_progress_gets_every_step_in_step_mode(
+    engine: DiffusersEngine,
+) -> None:
+    server = step_server(engine)
+    sub = Submission(job("p", 7, 8, steps=4, report_progress=True), stream=True)
+    events = [event async for event in server._submit(sub)]
+    assert [(e.kind, e.step, e.total_steps) for e in events] == [
+        ("progress", 1, 4), ("progress", 2, 4), ("progress", 3, 4), ("progress", 4, 4),
+        ("final", None, None),
+    ]  # fmt: skip
+    plain = [e async for e in server._submit(Submission(job("q", 9, steps=3), stream=True))]
+    assert [e.kind for e in plain] == ["final"]  # streams that did not ask get none
+
+
 async def test_a_cancelled_request_leaves_at_the_next_step(engine: DiffusersEngine) -> None:
     server = step_server(engine)
     doomed = asyncio.create_task(server.generate(job("doomed", 1, 2, steps=40)))
