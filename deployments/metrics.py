@@ -10,6 +10,7 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 | ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start |
 | ``ray_imagegen_generation_ms`` | histogram | model | one pipeline call (one shape group) |
 | ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
+| ``ray_imagegen_lora_load_ms`` | histogram | model | loading a LoRA adapter on first use |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
 
 Outside a Serve replica (unit tests) Ray's metric objects record nothing.
@@ -56,7 +57,14 @@ class ModelMetrics:
             description="Images of cancelled requests removed from a running pipeline call.",
             tag_keys=("model",),
         )
+        self.lora_load_ms = Histogram(
+            "imagegen_lora_load_ms",
+            description="Loading a LoRA adapter on first use (read, convert, to device), in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model",),
+        )
         for metric in (
+            self.lora_load_ms,
             self.images,
             self.batch_images,
             self.queue_wait_ms,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from common.errors import invalid
 from common.job import BatchStats, GenerationJob, ImageEvent
 from common.model_config import BatchingConfig, ModelConfig
 from common.request_context import install_log_context
@@ -53,6 +54,9 @@ class ModelServer:
         install_log_context()
         self.config = ModelConfig.model_validate(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        # LoRA adapters load here, so the pipeline keeps running the rows that do not
+        # need them; a request is admitted once its adapters are on the device.
+        self._lora_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-load")
         self._stats = BatchStats()
         self._metrics = ModelMetrics(self.config.id)
         self._gate_closed = False
@@ -69,6 +73,11 @@ class ModelServer:
         started = time.perf_counter()
         factory = engine_factory or diffusers_engine_factory
         self._engine: Engine = self._executor.submit(factory, self.config).result()
+        self._loras = getattr(self._engine, "loras", None)
+        if self._loras is not None:
+            self._loras.on_load = lambda adapter: self._metrics.lora_load_ms.observe(
+                adapter.load_ms
+            )
         if self.config.warmup:
             self._executor.submit(self._warmup).result()
         logger.info("model %s ready in %.2fs", self.config.id, time.perf_counter() - started)
@@ -126,14 +135,63 @@ class ModelServer:
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images), and how many
         requests wait at the admission gate for the running batch right now."""
-        return {**asdict(self._stats), "waiting_requests": self._waiting}
+        loaded = self._loras.loaded() if self._loras is not None else {}
+        return {
+            **asdict(self._stats),
+            "waiting_requests": self._waiting,
+            "loras_loaded": {
+                name: {"rank": a.rank, "load_ms": a.load_ms, "bytes": a.nbytes}
+                for name, a in loaded.items()
+            },
+        }
 
     def ready(self) -> bool:
         return True
 
     # -- batching -------------------------------------------------------------
 
+    async def _prepare_loras(self, job: GenerationJob) -> list[str]:
+        """Pin the job's adapters and load any that are missing, off the pipeline thread.
+
+        Returns the pinned names (unpinned when the request ends). A bad adapter is a
+        400 for this request only; the replica and the other requests carry on.
+        """
+        if not job.loras:
+            return []
+        if self._loras is None:
+            raise invalid(
+                f"The model '{self.config.id}' does not take LoRA adapters.",
+                param="loras",
+                code="lora_disabled",
+            )
+        if len(job.loras) > self.config.loras.max_per_request:
+            raise invalid(
+                f"{len(job.loras)} LoRA adapters requested; at most "
+                f"{self.config.loras.max_per_request} per request.",
+                param="loras",
+                code="too_many_loras",
+            )
+        names = [ref.name for ref in job.loras]
+        self._loras.pin(names)
+        try:
+            if not all(self._loras.is_loaded(name) for name in names):
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._lora_executor, self._loras.ensure, job.loras)
+        except BaseException:
+            self._loras.unpin(names)
+            raise
+        return names
+
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        pinned = await self._prepare_loras(sub.job)
+        try:
+            async for event in self._admitted(sub):
+                yield event
+        finally:
+            if pinned and self._loras is not None:
+                self._loras.unpin(pinned)
+
+    async def _admitted(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._gate_closed:
             self._waiting += 1
             try:
