@@ -21,6 +21,7 @@ from common.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJo
 from common.limits import check_request
 from common.model_config import ModelConfig
 from serve_app.dialects.base import free_size, log_ignored, unsupported
+from serve_app.dialects.loras import a1111_loras
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
@@ -130,16 +131,19 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
             "unprocessable", f"seed {base} + {n} images exceeds the largest seed", param="seed"
         )
     guidance = model.default_guidance if req.cfg_scale is None else req.cfg_scale
+    # <lora:name:weight> tags name adapters and are not part of the encoded text.
+    prompt, negative_prompt, loras = a1111_loras(model, req.prompt, req.negative_prompt)
     return GenerationJob(
         request_id=request_id,
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt or None,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         seeds=assign_seeds(n, base),
         gen_width=gen_w,
         gen_height=gen_h,
         steps=steps,
         guidance=float(guidance),
         scheduler=scheduler,
+        loras=loras,
     )
 
 

@@ -32,6 +32,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
 from serve_app.dialects.base import Dialect, default_steps, free_size, log_ignored
+from serve_app.dialects.loras import extension_loras
 from serve_app.protocol.imagine import ImagineImageRequest
 from serve_app.streaming.imagine import ImagineStream
 
@@ -78,6 +79,7 @@ def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> Gen
         guidance=float(guidance),
         cache_interval=req.cache_interval,
         partial_images=IMAGINE_STREAM_PARTIALS if req.stream else 0,
+        loras=extension_loras(req.loras, model),
     )
 
 

@@ -12,6 +12,7 @@ from common.errors import check_image_count, invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.model_config import ModelConfig
 from common.sizes import parse_size
+from serve_app.dialects.loras import extension_loras
 from serve_app.protocol.openai import (
     IGNORED_OPENAI_FIELDS,
     ImageData,
@@ -74,6 +75,7 @@ def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> Ge
         steps=steps,
         guidance=float(guidance),
         partial_images=(req.partial_images or 0) if req.stream else 0,
+        loras=extension_loras(req.loras, model),
     )
 
 

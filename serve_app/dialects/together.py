@@ -16,6 +16,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
 from serve_app.dialects.base import Dialect, default_steps, free_size, log_ignored, unsupported
+from serve_app.dialects.loras import together_loras
 from serve_app.protocol.together import TogetherImageRequest
 
 TOGETHER_DEFAULT_STEPS = 20
@@ -47,12 +48,6 @@ def _check_unsupported(req: TogetherImageRequest) -> None:
             "reference_images are not supported by this server's models; "
             "send the request without them.",
         )
-    if req.image_loras:
-        raise unsupported(
-            "image_loras",
-            "image_loras are not supported: this server has no LoRAs configured for its "
-            "models. Send the request without image_loras.",
-        )
 
 
 def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
@@ -63,6 +58,7 @@ def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> Ge
     ignored = [f for f in IGNORED_FIELDS if getattr(req, f) is not None]
     log_ignored(request_id, "together", ignored + req.unknown_fields())
     guidance = req.guidance_value
+    loras = together_loras(req.image_loras, model)
     return GenerationJob(
         request_id=request_id,
         prompt=req.prompt,
@@ -72,6 +68,7 @@ def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> Ge
         gen_height=gen_h,
         steps=steps,
         guidance=float(model.default_guidance if guidance is None else guidance),
+        loras=loras,
     )
 
 

@@ -5,7 +5,7 @@ imagine images API (``/v1/images/imagine``, Image objects and their listing). Pu
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -32,6 +32,9 @@ class ImagineImageRequest(LenientModel):
     )
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     stream: bool = False
+    loras: list[Any] | None = Field(
+        default=None, description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md).'
+    )
 
     @field_validator("size")
     @classmethod

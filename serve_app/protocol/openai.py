@@ -61,6 +61,11 @@ class ImageGenerateRequest(OpenAIImageParams):
 
     prompt: str = Field(min_length=1, description="What to draw.")
     size: ImageSize = Field(default="auto", description="Output size; 'auto' is 1024x1024.")
+    loras: list[Any] | None = Field(
+        default=None,
+        description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md); '
+        "checked by the dialect so errors name loras[i].name.",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ImageGenerateRequest:
