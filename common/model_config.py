@@ -140,6 +140,11 @@ class LoraConfig(StrictModel):
     max_file_bytes: int = Field(
         default=1 << 30, ge=1024, description="Cap on one adapter file (local, hub or URL)."
     )
+    allow_urls: bool = Field(
+        default=True,
+        description="Adapters by http(s) URL, fetched by the ingress under the image_url "
+        "address rules (images.fetch_allowlist) and max_file_bytes.",
+    )
     demo_adapters: bool = Field(
         default=True,
         description="For builtin:tiny-sdxl, write the built-in demo adapters (demo-1 to "

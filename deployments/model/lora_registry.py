@@ -10,7 +10,8 @@ A request names an adapter in one of three ways:
 - a plain name: the stem of a ``*.safetensors`` file in one of ``loras.dirs``;
 - a hub reference ``owner/repo/file.safetensors``: fetched once through
   ``huggingface_hub`` by the replica, only where the model may reach the hub;
-- an ``https://`` URL: not served yet (``docs/loras.md`` says why), refused clearly.
+- an ``http(s)://`` URL: fetched by the ingress through the SSRF-safe fetcher into the
+  first LoRA folder as ``url-<hash>`` (``serve_app/inputs/lora_urls.py``).
 """
 
 from __future__ import annotations
@@ -140,19 +141,24 @@ class LoraRegistry:
             )
         return path
 
-    def check(self, name: str) -> None:
-        """Raise :class:`LoraLookupError` unless ``name`` can be resolved (no download)."""
+    def check(self, name: str, urls_ok: bool = False) -> None:
+        """Raise :class:`LoraLookupError` unless ``name`` can be resolved (no download).
+
+        ``urls_ok``: the caller (the ingress) fetches URLs itself (``inputs/lora_urls.py``).
+        """
         if not self.config.enabled:
             raise LoraLookupError(
                 f"The model '{self.model_id}' does not take LoRA adapters.", "lora_disabled"
             )
         kind = classify(name)
         if kind == "url":
-            raise LoraLookupError(
-                f"LoRA adapter '{name[:200]}': adapters by URL are not accepted by this "
-                "server; put the file in a LoRA folder and name it by its file stem.",
-                "lora_url_refused",
-            )
+            if not urls_ok or not self.config.allow_urls:
+                raise LoraLookupError(
+                    f"LoRA adapter '{name[:200]}': adapters by URL are not accepted here; "
+                    "put the file in a LoRA folder and name it by its file stem.",
+                    "lora_url_refused",
+                )
+            return
         if kind == "hub":
             if not HUB_RE.match(name):
                 raise LoraLookupError(
@@ -206,7 +212,8 @@ class LoraRegistry:
                     rank = header_rank(path)
                 except ValueError as exc:
                     error = str(exc)
-            out.append(LoraInfo(name, "dir", str(path), size, rank, self.model_id, error))
+            source: Source = "url" if name.startswith("url-") else "dir"
+            out.append(LoraInfo(name, source, str(path), size, rank, self.model_id, error))
         return out
 
 

@@ -58,6 +58,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/v1/models"): Operation("List models and aliases", response=ModelListResponse),
     ("GET", "/v1/models/{model}"): Operation("One model or alias", response=ModelCard),
+    ("GET", "/v1/loras"): Operation(
+        "List LoRA adapters (name, source, rank, size, target model)",
+        query={"model": {"type": "string"}, "refresh": {"type": "string", "enum": ["true"]}},
+    ),
     ("POST", "/v1/images/imagine"): Operation(
         "Generate one stored Image object", ImagineRequest, ImageObject
     ),

@@ -68,7 +68,7 @@ def check_refs(
                 code="invalid_lora_scale",
             )
         try:
-            registry.check(name)
+            registry.check(name, urls_ok=True)
         except LoraLookupError as exc:
             raise invalid(f"{label}{exc}", param=name_param, code=exc.code) from None
         refs.append(LoraRef(name=name, scale=float(scale)))
@@ -174,3 +174,19 @@ def a1111_loras(
     ]
     refs = check_refs(model, pairs, params, params, "prompt", labels)
     return prompt, negative_prompt or None, refs
+
+
+def a1111_lora_items(model: ModelConfig, refresh: bool = False) -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/loras`` as A1111's Lora extension answers it:
+    ``[{"name", "alias", "path", "metadata"}]`` (``lora_script.py: create_lora_json``)."""
+    if not model.loras.enabled:
+        return []
+    items = []
+    for info in registry_for(model).listing(refresh=refresh):
+        if info.error is not None:
+            continue
+        metadata = {"ss_network_dim": info.rank, "imagegen_target_model": info.target_model}
+        items.append(
+            {"name": info.name, "alias": info.name, "path": info.path, "metadata": metadata}
+        )
+    return items

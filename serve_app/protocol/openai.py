@@ -149,6 +149,8 @@ class ModelCard(BaseModel):
     owned_by: str = "imagegen-serve"
     # Extension: for an alias, the configured model it resolves to.
     root: str | None = None
+    # Extension: whether requests may name LoRA adapters for this model (docs/loras.md).
+    supports_loras: bool | None = None
 
 
 class ModelList(BaseModel):

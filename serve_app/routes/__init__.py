@@ -10,7 +10,7 @@ from serve_app.asgi.endpoints import http_exception_handler
 from serve_app.asgi.middleware import ingress_middleware
 from serve_app.asgi.openapi import openapi_route
 from serve_app.ingress import Ingress
-from serve_app.routes import a1111, edits, files, generations, imagine, models, system
+from serve_app.routes import a1111, edits, files, generations, imagine, loras, models, system
 
 
 def all_routes(ingress: Ingress) -> list[BaseRoute]:
@@ -19,6 +19,7 @@ def all_routes(ingress: Ingress) -> list[BaseRoute]:
         *generations.routes(ingress),
         *edits.routes(ingress),
         *models.routes(ingress),
+        *loras.routes(ingress),
         *a1111.routes(ingress),
         *files.routes(ingress),
         *imagine.routes(ingress),

@@ -20,6 +20,7 @@ from common.model_config import ModelConfig
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
 from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.dialects import a1111, a1111_img2img
+from serve_app.dialects.loras import a1111_lora_items
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 
 if TYPE_CHECKING:
@@ -126,6 +127,16 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         client_of(request)
         return JSONResponse(scheduler_items())
 
+    async def loras(request: Request) -> Response:
+        """A1111's ``[{name, alias, path, metadata}]`` for the client's current model."""
+        model = current_model(client_of(request))
+        return JSONResponse(await asyncio.to_thread(a1111_lora_items, model))
+
+    async def refresh_loras(request: Request) -> Response:
+        client_of(request)
+        await asyncio.to_thread(lambda: [a1111_lora_items(m, True) for m in ingress.args.models])
+        return JSONResponse(None)
+
     def route(path: str, endpoint: Any, method: str) -> Route:
         return Route(PREFIX + path, api_endpoint(endpoint, "a1111"), methods=[method])
 
@@ -137,4 +148,6 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         route("/img2img", img2img, "POST"),
         route("/samplers", samplers, "GET"),
         route("/schedulers", schedulers, "GET"),
+        route("/loras", loras, "GET"),
+        route("/refresh-loras", refresh_loras, "POST"),
     ]

@@ -17,6 +17,7 @@ from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json
 from serve_app.dialects.detect import detect
 from serve_app.dialects.registry import REGISTRY
 from serve_app.inputs.fetch import ImageFetcher, load_url_image
+from serve_app.inputs.lora_urls import fetch_url_loras
 from serve_app.inputs.uploads import with_init_image
 from serve_app.streaming.sse import sse_response
 
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from serve_app.ingress import Ingress
 
 DIALECT_RESPONSE_HEADER = "x-imagegen-dialect"
+# Where each dialect names adapter i (for errors fetching an adapter by URL).
+LORA_PARAMS = {
+    "together": "image_loras[{}].path",
+    "openai": "loras[{}].name",
+    "imagine": "loras[{}].name",
+}
 
 
 def routes(ingress: Ingress) -> list[BaseRoute]:
@@ -37,6 +44,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         req = dialect.parse(body)
         model = ingress.resolve_model(dialect.model_name(req))
         job = dialect.to_job(req, model, request_id)
+        job = await fetch_url_loras(job, model, fetcher, LORA_PARAMS[dialect.name].format)
         url = dialect.image_url(req)
         if url is not None:  # image-to-image (Together's image_url)
             image = await load_url_image(fetcher, url, "image_url", limits)

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 def routes(ingress: Ingress) -> list[BaseRoute]:
     async def list_models(request: Request) -> Response:
         cards = [
-            ModelCard(id=name, created=ingress.started, root=None if name == mid else mid)
+            ModelCard(
+                id=name,
+                created=ingress.started,
+                root=None if name == mid else mid,
+                supports_loras=ingress.configs[mid].loras.enabled,
+            )
             for name, mid in ingress.names.items()
         ]
         return JSONResponse(dump(ModelList(data=cards)))
@@ -30,7 +35,10 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         name = request.path_params["model"]
         model = ingress.resolve_model(name)
         root = None if name == model.id else model.id
-        return JSONResponse(dump(ModelCard(id=name, created=ingress.started, root=root)))
+        card = ModelCard(
+            id=name, created=ingress.started, root=root, supports_loras=model.loras.enabled
+        )
+        return JSONResponse(dump(card))
 
     return [
         Route("/v1/models", api_endpoint(list_models), methods=["GET"]),

@@ -92,7 +92,7 @@ def test_a1111_tag_forms() -> None:
         ([{"scale": 1}], "image_loras[0].path", "missing_required_parameter"),
         ([{"path": "style"}] * 3, "image_loras", "too_many_loras"),
         ([{"path": "big", "scale": 1}], "image_loras[0].path", "lora_too_large"),
-        ([{"path": "https://example.com/l.safetensors"}], "image_loras[0].path", None),
+        ([{"path": "ftp://example.com/l.safetensors"}], "image_loras[0].path", None),
         ([{"path": "owner/repo/l.safetensors"}], "image_loras[0].path", "lora_hub_disabled"),
         ([{"path": "../etc/passwd"}], "image_loras[0].path", None),
         ("style", "image_loras", None),
