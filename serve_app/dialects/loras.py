@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.errors import invalid
@@ -190,3 +190,22 @@ def a1111_lora_items(model: ModelConfig, refresh: bool = False) -> list[dict[str
             {"name": info.name, "alias": info.name, "path": info.path, "metadata": metadata}
         )
     return items
+
+
+_REPLICA_PARAM = re.compile(r"^loras\[(\d+)\]$")
+
+
+def renamed_param(exc: BaseException, param_for: Callable[[int], str]) -> BaseException:
+    """A replica's load-time LoRA error names ``loras[i]``; give it the dialect's field."""
+    from common.errors import APIError, unwrap
+
+    cause = unwrap(exc)
+    if isinstance(cause, APIError) and cause.param and (match := _REPLICA_PARAM.match(cause.param)):
+        return APIError(
+            cause.kind,
+            cause.message,
+            param=param_for(int(match.group(1))),
+            code=cause.code,
+            headers=cause.headers,
+        )
+    return exc

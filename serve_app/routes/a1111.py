@@ -20,7 +20,7 @@ from common.model_config import ModelConfig
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
 from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.dialects import a1111, a1111_img2img
-from serve_app.dialects.loras import a1111_lora_items
+from serve_app.dialects.loras import a1111_lora_items, renamed_param
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 
 if TYPE_CHECKING:
@@ -90,6 +90,13 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             )
         return JSONResponse(None)
 
+    async def generate(model: ModelConfig, job: Any, spec: Any) -> Any:
+        """A replica's load-time LoRA error (``loras[i]``) is about a tag in the prompt."""
+        try:
+            return await ingress.generate_images(model, job, spec)
+        except Exception as exc:
+            raise renamed_param(exc, lambda index: "prompt") from None
+
     async def txt2img(request: Request) -> Response:
         request_id = request_id_of(request)
         client = client_of(request)
@@ -98,7 +105,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         override = a1111.checkpoint_override(req)
         model = resolve_checkpoint(override) if override else current_model(client)
         job = a1111.to_job(req, model, request_id)
-        images = await ingress.generate_images(model, job, a1111.to_encode_spec(req, request_id))
+        images = await generate(model, job, a1111.to_encode_spec(req, request_id))
         payload = a1111.build_response(req, model, job, images)
         headers = generation_headers(job.seeds, model.id)
         return JSONResponse(payload, headers=headers)
@@ -114,7 +121,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         job, spec = await asyncio.to_thread(
             a1111_img2img.to_job, req, model, request_id, ingress.args.images
         )
-        images = await ingress.generate_images(model, job, spec)
+        images = await generate(model, job, spec)
         payload = a1111_img2img.build_response(req, model, job, images)
         headers = generation_headers(job.seeds, model.id)
         return JSONResponse(payload, headers=headers)

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from serve_app.asgi.endpoints import api_endpoint, generation_headers, read_json, request_id_of
 from serve_app.dialects.detect import detect
+from serve_app.dialects.loras import renamed_param
 from serve_app.dialects.registry import REGISTRY
 from serve_app.inputs.fetch import ImageFetcher, load_url_image
 from serve_app.inputs.lora_urls import fetch_url_loras
@@ -58,7 +59,10 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         fmt = dialect.stream_format(req, model, job, spec)
         if fmt is not None:
             return sse_response(ingress.stream_images(model, job, spec, fmt), headers)
-        images = await ingress.generate_images(model, job, spec)
+        try:
+            images = await ingress.generate_images(model, job, spec)
+        except Exception as exc:
+            raise renamed_param(exc, LORA_PARAMS[dialect.name].format) from None
         payload = dialect.build_response(req, model, job, images)
         return JSONResponse(payload, headers=headers)
 

@@ -18,8 +18,9 @@ import together
 from PIL import Image
 
 from common.paths import default_cache_root
-from tests.integration.conftest import model_stats
+from tests.integration.conftest import IMAGE_SERVER_HOST, model_stats
 from tests.support.http import webui_auth
+from tests.support.image_server import image_server
 from tests.support.images import decode_b64, pixels
 
 pytestmark = pytest.mark.integration
@@ -156,12 +157,13 @@ def _sd15_like() -> bytes:
 
 BAD_CASES = [
     ("unknown", None, [{"path": "no-such-lora", "scale": 1}], "image_loras[0].path"),
-    ("corrupt", b"\x07garbage" * 40, [{"path": "bad-corrupt", "scale": 1}], "loras[0]"),
-    ("truncated", "truncated", [{"path": "bad-truncated", "scale": 1}], "loras[0]"),
-    ("sd15", "sd15", [{"path": "bad-sd15", "scale": 1}], "loras[0]"),
+    ("corrupt", b"\x07garbage" * 40, [{"path": "bad-corrupt", "scale": 1}], "image_loras[0].path"),
+    ("truncated", "truncated", [{"path": "bad-truncated", "scale": 1}], "image_loras[0].path"),
+    ("sd15", "sd15", [{"path": "bad-sd15", "scale": 1}], "image_loras[0].path"),
     ("too-many", None, [{"path": "demo-1", "scale": 1}] * 5, "image_loras"),
     ("scale", None, [{"path": "demo-1", "scale": 50}], "image_loras[0].scale"),
     ("url", None, [{"path": "http://169.254.169.254/x.safetensors", "scale": 1}], None),
+    ("ftp", None, [{"path": "ftp://example.com/x.safetensors", "scale": 1}], None),
     ("hub", None, [{"path": "someone/repo/x.safetensors", "scale": 1}], "image_loras[0].path"),
     ("too-big", "sparse", [{"path": "bad-too-big", "scale": 1}], "image_loras[0].path"),
 ]
@@ -201,3 +203,30 @@ def test_bad_adapters_are_400s_and_the_next_request_works(
         json={**body, "image_loras": [{"path": "demo-1", "scale": 1.0}]},
     )
     assert ok.status_code == 200, ok.text
+
+
+def test_adapter_by_url_equals_the_same_file_by_name(together_client: together.Together) -> None:
+    with image_server(IMAGE_SERVER_HOST) as server:
+        server.files["/style.safetensors"] = (LORA_DIR / "demo-2.safetensors").read_bytes()
+        url = server.url("/style.safetensors")
+        by_url = together_png(together_client, 31, [{"path": url, "scale": 0.9}])
+        again = together_png(together_client, 31, [{"path": url, "scale": 0.9}])
+        hits = [hit for hit in server.hits if hit == "/style.safetensors"]
+    by_name = together_png(together_client, 31, [{"path": "demo-2", "scale": 0.9}])
+    assert np.abs(by_url - by_name).max() <= 2
+    assert np.abs(again - by_name).max() <= 2
+    assert len(hits) == 1  # fetched once, then served from the cache
+
+
+def test_a1111_bad_file_names_the_prompt(http: httpx.Client) -> None:
+    path = _write("bad-a1111", b"\x07garbage" * 40)
+    try:
+        payload = {"prompt": "x <lora:bad-a1111:1>", "steps": 2, "width": SIZE, "height": SIZE}
+        response = http.post("/sdapi/v1/txt2img", json=payload, headers=webui_auth())
+    finally:
+        path.unlink()
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "HTTPException" and "bad-a1111" in body["detail"]
+    (ok,) = a1111(http, "txt2img", prompt="x <lora:demo-1:1>")
+    assert ok.shape == (SIZE, SIZE, 3)
