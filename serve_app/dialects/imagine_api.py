@@ -44,6 +44,7 @@ def to_job_and_spec(
         size=req.size,
         output_format=req.output_format,
         n=1,
+        loras=req.loras,
     )
     job = openai_images.to_job(generate, model, request_id)
     spec = openai_images.to_encode_spec(generate, request_id, base_url=None)

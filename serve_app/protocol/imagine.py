@@ -75,6 +75,9 @@ class ImagineRequest(LenientModel):
     model: str | None = None
     size: ImageSize = "1024x1024"
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    loras: list[Any] | None = Field(
+        default=None, description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md).'
+    )
 
 
 class ImageObject(BaseModel):

@@ -12,7 +12,7 @@ from common.errors import APIError
 from common.job import LoraRef
 from common.model_config import ModelConfig
 from deployments.model.lora_registry import registry_for
-from serve_app.dialects import a1111, imagine_sdk, openai, together
+from serve_app.dialects import a1111, imagine_api, imagine_sdk, openai, together
 from serve_app.dialects.loras import strip_tags
 
 
@@ -58,6 +58,16 @@ def test_openai_and_imagine_extension_field(model: ModelConfig) -> None:
     assert "loras" not in req.unknown_fields()
     req = imagine_sdk.parse({"prompt": "x", "loras": [{"name": "ink", "scale": 0.5}]})
     assert imagine_sdk.to_job(req, model, "r").loras == (LoraRef("ink", 0.5),)
+
+
+def test_imagine_api_passes_loras(model: ModelConfig) -> None:
+    req = imagine_api.parse_imagine({"name": "n", "prompt": "x", "loras": [{"name": "ink"}]})
+    job, _ = imagine_api.to_job_and_spec(req, model, "r", "key")
+    assert job.loras == (LoraRef("ink", 1.0),)
+    bad = imagine_api.parse_imagine({"name": "n", "prompt": "x", "loras": [{"name": "zz"}]})
+    with pytest.raises(APIError) as caught:
+        imagine_api.to_job_and_spec(bad, model, "r", "key")
+    assert caught.value.param == "loras[0].name"
 
 
 def test_a1111_tags_are_stripped_from_both_prompts(model: ModelConfig) -> None:
