@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,35 +29,15 @@ from common.errors import APIError, invalid
 from common.job import LoraRef
 from common.model_config import ModelConfig
 from deployments.model.lora_demo import ensure_demo_loras
+from deployments.model.lora_plan import LayerDelta, Plan, RowAdapters, apply, build_plan
 from deployments.model.lora_registry import LoraLookupError, LoraRegistry, lora_dirs, registry_for
 from deployments.model.tiny_sdxl import BUILTIN_PREFIX, TINY_SDXL
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger("imagegen.lora")
-
-RowAdapters = tuple[LoraRef, ...]
-
-
-@dataclass(frozen=True)
-class LayerDelta:
-    """One adapted layer: ``down`` (A) and ``up`` (B) weights and ``alpha / rank``."""
-
-    down: torch.Tensor
-    up: torch.Tensor
-    scale: float
-    conv: bool
-
-    def __call__(self, x: torch.Tensor, module: Any) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        if not self.conv:
-            return F.linear(F.linear(x, self.down), self.up)
-        hidden = F.conv2d(
-            x, self.down, stride=module.stride, padding=module.padding, dilation=module.dilation
-        )
-        return F.conv2d(hidden, self.up)
+PLAN_CACHE = 16
 
 
 @dataclass
@@ -68,14 +48,6 @@ class LoadedAdapter:
     nbytes: int
     load_ms: float
     ignored_text_encoder_tensors: int = 0
-
-
-@dataclass
-class _Plan:
-    """For one UNet batch: per module, ``(delta, row index or None for all, row scales)``."""
-
-    batch: int
-    by_module: dict[str, list[tuple[LayerDelta, Any, Any]]] = field(default_factory=dict)
 
 
 def parse_adapter(path: Path, name: str, unet: Any) -> LoadedAdapter:
@@ -190,7 +162,10 @@ class LoraBank:
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._pins: dict[str, int] = {}
         self._hooked: set[str] = set()
-        self._plan: _Plan | None = None
+        self._plan: Plan | None = None
+        # Plans by their per-row adapters: today's path rebuilds one per UNet forward
+        # (each step), and the stacks only change when rows leave. Cleared on eviction.
+        self._plans: OrderedDict[tuple[RowAdapters, ...], Plan | None] = OrderedDict()
         self.on_load: Callable[[LoadedAdapter], None] | None = None
 
     # -- loading (loader thread) ---------------------------------------------
@@ -237,6 +212,7 @@ class LoraBank:
                 return
             if not self._pins.get(name):
                 del self._loaded[name]
+                self._plans = OrderedDict()  # rebinding is atomic; the pipeline reads it
 
     def pin(self, names: Sequence[str]) -> None:
         with self._lock:
@@ -297,62 +273,39 @@ class LoraBank:
             for handle in handles:
                 handle.remove()
 
-    def _build_plan(self, per_row: Sequence[RowAdapters]) -> _Plan | None:
-        import torch
-
-        by_adapter: dict[str, tuple[list[int], list[float]]] = {}
-        for row, refs in enumerate(per_row):
-            for ref in refs:
-                if ref.scale == 0:
-                    continue  # exactly the base model for this adapter
-                rows_, scales = by_adapter.setdefault(ref.name, ([], []))
-                rows_.append(row)
-                scales.append(ref.scale)
-        if not by_adapter:
-            return None
+    def _build_plan(self, per_row: Sequence[RowAdapters]) -> Plan | None:
+        key = tuple(per_row)
+        plans = self._plans
+        if key in plans:
+            plans.move_to_end(key)
+            return plans[key]
+        names = {ref.name for refs in per_row for ref in refs if ref.scale != 0}
         with self._lock:
-            adapters = {name: self._loaded.get(name) for name in by_adapter}
-        absent = [name for name, adapter in adapters.items() if adapter is None]
+            adapters = {name: self._loaded.get(name) for name in names}
+        absent = sorted(name for name, adapter in adapters.items() if adapter is None)
         if absent:
             raise RuntimeError(f"LoRA adapters {absent} were not loaded before the call")
-        param = next(self.unet.parameters())
-        plan = _Plan(batch=len(per_row))
-        for name, (rows_, scales) in by_adapter.items():
-            adapter = adapters[name]
-            assert adapter is not None
-            every_row = len(rows_) == len(per_row)
-            index = None if every_row else torch.tensor(rows_, device=param.device)
-            row_scales = torch.tensor(scales, device=param.device, dtype=param.dtype)
-            for module_name, delta in adapter.layers.items():
+        layers_of = {name: adapter.layers for name, adapter in adapters.items() if adapter}
+        plan = build_plan(per_row, layers_of, next(self.unet.parameters()))
+        if plan is not None:
+            for module_name in plan.modules():
                 self._install_hook(module_name)
-                entry = (delta, index, row_scales * delta.scale)
-                plan.by_module.setdefault(module_name, []).append(entry)
+        plans[key] = plan
+        while len(plans) > PLAN_CACHE:
+            plans.popitem(last=False)
         return plan
 
     def _install_hook(self, module_name: str) -> None:
         if module_name in self._hooked:
             return
-        module = self.unet.get_submodule(module_name)
 
         def hook(module: Any, args: tuple[Any, ...], output: Any) -> Any:
             plan = self._plan
-            entries = plan.by_module.get(module_name) if plan is not None else None
-            if not entries:
+            if plan is None:
                 return None
-            x = args[0]
-            if x.shape[0] != plan.batch:  # type: ignore[union-attr]
-                raise RuntimeError(
-                    f"LoRA plan has {plan.batch} rows but {module_name} got {x.shape[0]}"  # type: ignore[union-attr]
-                )
-            out = output
-            for delta, index, scales in entries:
-                xs = x if index is None else x.index_select(0, index)
-                d = delta(xs, module)
-                d = d * scales.reshape((-1,) + (1,) * (d.ndim - 1))
-                out = out + d if index is None else out.index_add(0, index, d)
-            return out
+            return apply(plan, module_name, module, args[0], output)
 
-        module.register_forward_hook(hook)
+        self.unet.get_submodule(module_name).register_forward_hook(hook)
         self._hooked.add(module_name)
 
 
