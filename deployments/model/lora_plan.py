@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
 
 RowAdapters = tuple[LoraRef, ...]
+# Per-row weights are gathered once per plan (not per forward) while they fit in this.
+GATHER_BUDGET_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class Plan:
     rows: Any
     slots: Any
     single_slot: bool
+    # module -> (down, up) per slot, or, when ``gathered``, per adapting row and already
+    # transposed for ``bmm``: ``(k, in, R)`` and ``(k, R, out)``.
     linear: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    gathered: bool = False
     conv: dict[str, list[tuple[LayerDelta, Any, Any]]] = field(default_factory=dict)
 
     def modules(self) -> set[str]:
@@ -110,7 +115,23 @@ def build_plan(
                 up[index, :, offset : offset + r] = delta.up * (scale * delta.scale)
                 offset += r
         plan.linear[module] = (down, up)
+    _maybe_gather(plan, len(rows))
     return plan
+
+
+def _maybe_gather(plan: Plan, rows: int) -> None:
+    """Gather each adapting row's slot weights now, so a forward is two ``bmm``s."""
+    if plan.single_slot:
+        return
+    need = sum(rows * (d[0].numel() + d[1].numel()) // len(d[0]) for d in plan.linear.values())
+    element = next(iter(plan.linear.values()))[0].element_size() if plan.linear else 4
+    if need * element > GATHER_BUDGET_BYTES:
+        return
+    for module, (down, up) in plan.linear.items():
+        a = down.index_select(0, plan.slots).transpose(1, 2).contiguous()
+        b = up.index_select(0, plan.slots).transpose(1, 2).contiguous()
+        plan.linear[module] = (a, b)
+    plan.gathered = True
 
 
 def _conv_entries(
@@ -154,6 +175,9 @@ def apply(plan: Plan, module_name: str, module: Any, x: Any, output: Any) -> Any
         xs = x if plan.rows is None else x.index_select(0, plan.rows)
         if plan.single_slot:
             delta = F.linear(F.linear(xs, down[0]), up[0])
+        elif plan.gathered:
+            x3 = xs.reshape(xs.shape[0], -1, xs.shape[-1])
+            delta = torch.bmm(torch.bmm(x3, down), up).reshape(*xs.shape[:-1], -1)
         else:
             a = down.index_select(0, plan.slots).transpose(1, 2)
             b = up.index_select(0, plan.slots).transpose(1, 2)
