@@ -135,6 +135,44 @@ class SchedulerConfig(StrictModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoraConfig(StrictModel):
+    """LoRA adapters a request may apply to this model (``docs/loras.md``).
+
+    Adapters are applied per image row inside the UNet (never fused), so requests
+    with different adapters share one batch.
+    """
+
+    enabled: bool = True
+    dirs: list[str] = Field(
+        default_factory=list,
+        description="Folders whose *.safetensors files are adapters named by file stem. "
+        "Empty: $IMAGEGEN_CACHE/loras.",
+    )
+    max_loaded: int = Field(default=8, ge=1, description="Adapters kept on the device (LRU).")
+    max_per_request: int = Field(default=4, ge=1, le=16)
+    min_scale: float = Field(default=-4.0, ge=-100.0)
+    max_scale: float = Field(default=4.0, le=100.0)
+    max_file_bytes: int = Field(
+        default=1 << 30, ge=1024, description="Cap on one adapter file (local, hub or URL)."
+    )
+    allow_urls: bool = Field(
+        default=True,
+        description="Adapters by http(s) URL, fetched by the ingress under the image_url "
+        "address rules (images.fetch_allowlist) and max_file_bytes.",
+    )
+    demo_adapters: bool = Field(
+        default=True,
+        description="For builtin:tiny-sdxl, write the built-in demo adapters (demo-1 to "
+        "demo-4, built in code) into the first LoRA folder at startup.",
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> LoraConfig:
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"loras min_scale {self.min_scale} > max_scale {self.max_scale}")
+        return self
+
+
 class ModelConfig(StrictModel):
     """One served model: where its weights come from and how it generates."""
 
@@ -188,6 +226,7 @@ class ModelConfig(StrictModel):
         "cold-starting, and its queue (max_queued_requests) is full.",
     )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    loras: LoraConfig = Field(default_factory=LoraConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
     @model_validator(mode="after")
@@ -231,6 +270,10 @@ class ModelConfig(StrictModel):
                 f"{self.max_pixels} pixels"
             )
         return None
+
+    def allows_hub(self) -> bool:
+        """Whether this model may download from the Hugging Face hub (LoRA hub references)."""
+        return not self.local_files_only and not self.source.startswith("builtin:")
 
     def deployment_name(self) -> str:
         return "Model:" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.id)

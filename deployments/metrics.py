@@ -13,6 +13,7 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 | ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: image rows in one UNet call |
 | ``ray_imagegen_admission_wait_ms`` | histogram | model | step mode: arrival to admission |
 | ``ray_imagegen_step_queue_depth`` | gauge | model | step mode: requests waiting for admission |
+| ``ray_imagegen_lora_load_ms`` | histogram | model | loading a LoRA adapter on first use |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
 
 Outside a Serve replica (unit tests) Ray's metric objects record nothing.
@@ -76,7 +77,14 @@ class ModelMetrics:
             description="Step mode: requests waiting for admission at the next step boundary.",
             tag_keys=("model",),
         )
+        self.lora_load_ms = Histogram(
+            "imagegen_lora_load_ms",
+            description="Loading a LoRA adapter on first use (read, convert, to device), in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model",),
+        )
         for metric in (
+            self.lora_load_ms,
             self.rows_per_unet_call,
             self.admission_wait_ms,
             self.step_queue_depth,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from common.job import GenerationJob, SchedulerSpec
+from common.job import GenerationJob, LoraRef, SchedulerSpec
 
 
 @dataclass
@@ -37,6 +37,9 @@ class GenerationGroup:
     strength: float | None = None
     init_images: list[Any] | None = None
     masks: list[Any] | None = None
+    # Per image row, its request's LoRA adapters (rows with different adapters share
+    # the call: the delta is applied per row, deployments/model/lora.py).
+    loras: list[tuple[LoraRef, ...]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -89,6 +92,7 @@ def group_jobs(jobs: Sequence[GenerationJob]) -> list[GenerationGroup]:
                 group.negative_prompts.append(job.negative_prompt or "")
             group.seeds.append(seed)
             group.owners.append((job_index, image_index))
+            group.loras.append(job.loras)
             if group.init_images is not None:
                 group.init_images.append(job.init_image)
             if group.masks is not None:

@@ -20,6 +20,7 @@ from common.model_config import ModelConfig
 from deployments.model.batching import GenerationGroup
 from deployments.model.deepcache import DeepCache
 from deployments.model.img2img import SLICED_INPUTS, DerivedPipelines, can_drop_rows, mode_kwargs
+from deployments.model.lora import bank_for
 from deployments.model.previews import latents_to_rgb
 from deployments.model.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
 
@@ -144,6 +145,10 @@ class DiffusersEngine:
         # The configured scheduler; a group may ask for another one (A1111 samplers).
         self.base_scheduler = pipe.scheduler
         self._schedulers: dict[SchedulerSpec, Any] = {}
+        # LoRA adapters applied per UNet batch row (deployments/model/lora.py);
+        # ``lora_rows(per_row)`` is the context a step scheduler wraps each UNet call in.
+        self.loras = bank_for(config, self.pipe.unet)
+        self.lora_rows = self.loras.rows if self.loras is not None else None
         logger.info(
             "loaded %s from %s on %s (%s, %d torch threads)",
             config.id,
@@ -232,9 +237,15 @@ class DiffusersEngine:
                 deep_cache.invalidate()  # cached features have the old batch size
             return tensors
 
-        # 2. One pipeline call for the whole group, with its scheduler and DeepCache.
+        # 2. One pipeline call for the whole group, with its scheduler, DeepCache and
+        #    each row's LoRA adapters (following the rows as cancelled ones leave).
+        loras = (
+            self.loras.follow(group.loras, rows)
+            if self.loras is not None and group.loras
+            else nullcontext()
+        )
         try:
-            with torch.inference_mode(), deep_cache or nullcontext():
+            with torch.inference_mode(), deep_cache or nullcontext(), loras:
                 result = self._call_pipeline(group, generators, callback, pipe)
         except _AllRowsDropped:
             return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])

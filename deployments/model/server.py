@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from common.errors import invalid
 from common.job import BatchStats, GenerationJob, ImageEvent
 from common.model_config import BatchingConfig, ModelConfig
 from common.request_context import install_log_context
@@ -59,6 +60,9 @@ class ModelServer:
         install_log_context()
         self.config = ModelConfig.model_validate(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        # LoRA adapters load here, so the pipeline keeps running the rows that do not
+        # need them; a request is admitted once its adapters are on the device.
+        self._lora_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-load")
         self._stats = BatchStats()
         self._metrics = ModelMetrics(self.config.id)
         self._gate_closed = False
@@ -90,6 +94,11 @@ class ModelServer:
                 self.config.batching.max_batch_size,
                 self._stats,
                 self._metrics,
+            )
+        self._loras = getattr(self._engine, "loras", None)
+        if self._loras is not None:
+            self._loras.on_load = lambda adapter: self._metrics.lora_load_ms.observe(
+                adapter.load_ms
             )
         if self.config.warmup:
             self._executor.submit(self._warmup).result()
@@ -157,25 +166,79 @@ class ModelServer:
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images), and how many
         requests wait right now (request mode: at the admission gate for the running
-        batch; step mode: for admission at the next step boundary).
+        batch; step mode: for admission at the next step boundary), and the LoRA
+        adapters loaded on this replica.
 
         In step mode a "batch" is one admission round (the requests admitted at one
         step boundary) and ``pipeline_calls`` counts UNet calls.
         """
+        loaded = self._loras.loaded() if self._loras is not None else {}
+        loras = {
+            "loras_loaded": {
+                name: {"rank": a.rank, "load_ms": a.load_ms, "bytes": a.nbytes}
+                for name, a in loaded.items()
+            }
+        }
         if self._steps is not None:
-            return {**self._steps.snapshot(), "mode": self.mode}
-        return {**asdict(self._stats), "mode": self.mode, "waiting_requests": self._waiting}
+            return {**self._steps.snapshot(), "mode": self.mode, **loras}
+        return {
+            **asdict(self._stats),
+            "mode": self.mode,
+            "waiting_requests": self._waiting,
+            **loras,
+        }
 
     def ready(self) -> bool:
         return True
 
     # -- batching -------------------------------------------------------------
 
+    async def _prepare_loras(self, job: GenerationJob) -> list[str]:
+        """Pin the job's adapters and load any that are missing, off the pipeline thread.
+
+        Returns the pinned names (unpinned when the request ends). A bad adapter is a
+        400 for this request only; the replica and the other requests carry on.
+        """
+        if not job.loras:
+            return []
+        if self._loras is None:
+            raise invalid(
+                f"The model '{self.config.id}' does not take LoRA adapters.",
+                param="loras",
+                code="lora_disabled",
+            )
+        if len(job.loras) > self.config.loras.max_per_request:
+            raise invalid(
+                f"{len(job.loras)} LoRA adapters requested; at most "
+                f"{self.config.loras.max_per_request} per request.",
+                param="loras",
+                code="too_many_loras",
+            )
+        names = [ref.name for ref in job.loras]
+        self._loras.pin(names)
+        try:
+            if not all(self._loras.is_loaded(name) for name in names):
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._lora_executor, self._loras.ensure, job.loras)
+        except BaseException:
+            self._loras.unpin(names)
+            raise
+        return names
+
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
-        if self._steps is not None:
-            async for event in self._submit_step(self._steps, sub):
-                yield event
-            return
+        pinned = await self._prepare_loras(sub.job)
+        try:
+            if self._steps is not None:
+                async for event in self._submit_step(self._steps, sub):
+                    yield event
+            else:
+                async for event in self._admitted(sub):
+                    yield event
+        finally:
+            if pinned and self._loras is not None:
+                self._loras.unpin(pinned)
+
+    async def _admitted(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._gate_closed:
             self._waiting += 1
             try:

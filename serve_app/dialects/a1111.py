@@ -29,6 +29,7 @@ from serve_app.dialects.base import (
     new_job,
     unsupported,
 )
+from serve_app.dialects.loras import a1111_loras
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
@@ -158,16 +159,19 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         raise APIError(
             "unprocessable", f"seed {base} + {n} images exceeds the largest seed", param="seed"
         )
+    # <lora:name:weight> tags name adapters and are not part of the encoded text.
+    prompt, negative_prompt, loras = a1111_loras(model, req.prompt, req.negative_prompt)
     return new_job(
         model,
         request_id,
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt or None,
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
         seeds=assign_seeds(n, base),
         gen_size=(gen_w, gen_h),
         steps=steps,
         guidance=req.cfg_scale,
         scheduler=scheduler,
+        loras=loras,
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from common.errors import APIError, invalid
-from common.job import EncodedImage, EncodeSpec, GenerationJob, SchedulerSpec
+from common.job import EncodedImage, EncodeSpec, GenerationJob, LoraRef, SchedulerSpec
 from common.model_config import ModelConfig
 
 if TYPE_CHECKING:
@@ -62,12 +62,15 @@ class Translation(Generic[Out]):
         respond: the encoded images -> the dialect's response (a JSON body, or for the
             imagine images API the record to save).
         stream: the server-sent-event format, or ``None`` for a plain response.
+        lora_param: adapter index -> the request field that named it (for errors found
+            when an adapter is fetched or loaded).
     """
 
     job: GenerationJob
     spec: EncodeSpec
     respond: Callable[[Sequence[EncodedImage]], Out]
     stream: StreamFormat | None = None
+    lora_param: Callable[[int], str] = "loras[{}].name".format
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def new_job(
     scheduler: SchedulerSpec | None = None,
     cache_interval: int | None = None,
     partial_images: int = 0,
+    loras: tuple[LoraRef, ...] = (),
 ) -> GenerationJob:
     """The canonical job from values a dialect has already resolved and checked.
 
@@ -119,6 +123,7 @@ def new_job(
         scheduler=scheduler,
         cache_interval=cache_interval,
         partial_images=partial_images,
+        loras=loras,
     )
 
 

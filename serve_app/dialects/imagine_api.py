@@ -16,6 +16,7 @@ from common.model_config import ModelConfig
 from common.sizes import parse_size
 from serve_app.asgi.endpoints import DEFAULT_OWNER
 from serve_app.dialects.base import Context, Dialect, Translation, log_ignored, new_job
+from serve_app.dialects.loras import extension_loras
 from serve_app.dialects.openai import check_openai
 from serve_app.protocol.imagine import MAX_NAME_CHARS, ImageObject, ImagineRequest
 from storage.base import image_data_key
@@ -58,6 +59,7 @@ async def translate(
         gen_size=model.generation_size(req.size),
         steps=steps,
         guidance=None,
+        loras=extension_loras(req.loras, model),
     )
     image_id = new_image_id()
     data_key = image_data_key(owner, image_id, req.output_format)

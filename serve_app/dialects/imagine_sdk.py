@@ -40,6 +40,7 @@ from serve_app.dialects.base import (
     log_ignored,
     new_job,
 )
+from serve_app.dialects.loras import extension_loras
 from serve_app.protocol.imagine import ImagineImageRequest
 from serve_app.streaming.imagine import ImagineStream
 
@@ -85,6 +86,7 @@ def to_job(req: ImagineImageRequest, model: ModelConfig, request_id: str) -> Gen
         guidance=req.guidance_scale,
         cache_interval=req.cache_interval,
         partial_images=IMAGINE_STREAM_PARTIALS if req.stream else 0,
+        loras=extension_loras(req.loras, model),
     )
 
 

@@ -12,6 +12,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.model_config import ModelConfig
 from common.sizes import parse_size
 from serve_app.dialects.base import Context, Dialect, Translation, log_ignored, new_job
+from serve_app.dialects.loras import extension_loras
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.protocol.openai import (
     IGNORED_OPENAI_FIELDS,
@@ -114,6 +115,7 @@ def openai_job(
         guidance=req.guidance_scale,
         partial_images=(req.partial_images or 0) if req.stream else 0,
         scheduler=resolve_sampler(req.sampler, None, param="sampler"),
+        loras=extension_loras(req.loras, model),
     )
 
 

@@ -25,6 +25,7 @@ from serve_app.dialects.base import (
     new_job,
     unsupported,
 )
+from serve_app.dialects.loras import together_loras
 from serve_app.inputs.fetch import load_url_image
 from serve_app.inputs.uploads import with_init_image
 from serve_app.protocol.together import TogetherImageRequest
@@ -58,12 +59,6 @@ def _check_unsupported(req: TogetherImageRequest) -> None:
             "reference_images are not supported by this server's models; "
             "send the request without them.",
         )
-    if req.image_loras:
-        raise unsupported(
-            "image_loras",
-            "image_loras are not supported: this server has no LoRAs configured for its "
-            "models. Send the request without image_loras.",
-        )
 
 
 def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> GenerationJob:
@@ -73,6 +68,7 @@ def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> Ge
     gen_w, gen_h = free_size(model, req.width, req.height)
     ignored = [f for f in IGNORED_FIELDS if getattr(req, f) is not None]
     log_ignored(request_id, "together", ignored + req.unknown_fields())
+    loras = together_loras(req.image_loras, model)
     return new_job(
         model,
         request_id,
@@ -82,6 +78,7 @@ def to_job(req: TogetherImageRequest, model: ModelConfig, request_id: str) -> Ge
         gen_size=(gen_w, gen_h),
         steps=steps,
         guidance=req.guidance_value,
+        loras=loras,
     )
 
 

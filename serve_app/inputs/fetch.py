@@ -125,12 +125,14 @@ class ImageFetcher:
         self.allowlist = Allowlist(config.fetch_allowlist)
         self._transport = transport
 
-    async def fetch(self, url: str, param: str) -> bytes:
-        if url[:5].lower() == "data:":
+    async def fetch(self, url: str, param: str, max_bytes: int | None = None) -> bytes:
+        """An image's bytes; with ``max_bytes``, any file's (a LoRA adapter: no data: URL,
+        any content type, its own cap), under the same address and redirect rules."""
+        if url[:5].lower() == "data:" and max_bytes is None:
             return decode_data_url(url, param, self.config.fetch_max_bytes)
         try:
             async with asyncio.timeout(self.config.fetch_timeout_s):
-                return await self._fetch(url, param)
+                return await self._fetch(url, param, max_bytes)
         except TimeoutError:
             raise invalid(
                 f"Fetching '{param}' took longer than {self.config.fetch_timeout_s} s.",
@@ -138,7 +140,7 @@ class ImageFetcher:
                 "fetch_timeout",
             ) from None
 
-    async def _fetch(self, url: str, param: str) -> bytes:
+    async def _fetch(self, url: str, param: str, max_bytes: int | None = None) -> bytes:
         async with httpx.AsyncClient(
             transport=self._transport, follow_redirects=False, trust_env=False
         ) as client:
@@ -156,7 +158,7 @@ class ImageFetcher:
                     if response.status_code in REDIRECTS and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
-                    return await self._read(response, param)
+                    return await self._read(response, param, max_bytes)
                 finally:
                     await response.aclose()
         raise invalid(
@@ -199,20 +201,22 @@ class ImageFetcher:
             )
         return httpx.URL(urlunsplit(parts)), host, addresses[0]
 
-    async def _read(self, response: httpx.Response, param: str) -> bytes:
+    async def _read(
+        self, response: httpx.Response, param: str, max_bytes: int | None = None
+    ) -> bytes:
         if response.status_code != 200:
             raise invalid(
                 f"Fetching '{param}' returned HTTP {response.status_code}.", param, "fetch_failed"
             )
         mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if mime not in MIME_TYPES:
+        if max_bytes is None and mime not in MIME_TYPES:
             raise invalid(
                 f"'{param}' answered with content type '{mime or 'none'}'; expected image/png, "
                 "image/jpeg or image/webp.",
                 param,
                 "unsupported_image_format",
             )
-        limit = self.config.fetch_max_bytes
+        limit = self.config.fetch_max_bytes if max_bytes is None else max_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large(param, limit)

@@ -4,7 +4,7 @@ imagine images API (``/v1/images/imagine``, Image objects and their listing). Pu
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -31,6 +31,9 @@ class ImagineImageRequest(LenientModel):
     )
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     stream: bool = False
+    loras: list[Any] | None = Field(
+        default=None, description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md).'
+    )
 
     @field_validator("size")
     @classmethod
@@ -69,6 +72,9 @@ class ImagineRequest(LenientModel):
     model: str | None = None
     size: ImageSize = "1024x1024"
     output_format: Literal["png", "jpeg", "webp"] = "png"
+    loras: list[Any] | None = Field(
+        default=None, description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md).'
+    )
 
 
 class ImageObject(BaseModel):

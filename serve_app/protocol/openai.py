@@ -7,9 +7,10 @@ keep adding parameters, and the ingress logs the ones it ignores.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.formats import OutputFormat
 from common.sizes import OPENAI_SIZES
@@ -59,6 +60,11 @@ class OpenAIImageParams(LenientModel):
         description="An A1111 sampler name (model card: capabilities.samplers); "
         "unset: the model's configured scheduler.",
     )
+    loras: list[Any] | None = Field(
+        default=None,
+        description='LoRA adapters: [{"name": ..., "scale": 1.0}] (docs/loras.md); '
+        "checked by the dialect so errors name loras[i].name.",
+    )
 
 
 class ImageGenerateRequest(OpenAIImageParams):
@@ -87,6 +93,19 @@ class ImageEditRequest(OpenAIImageParams):
     input_fidelity: Literal["high", "low"] | None = None
     # Extension: img2img strength (overrides input_fidelity and the configured default).
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_form_field(cls, value: Any) -> Any:
+        """A multipart form carries ``loras`` as a JSON string."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    'loras must be a JSON list like [{"name": "demo-1", "scale": 0.8}]'
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _seed_range(self) -> ImageEditRequest:
@@ -171,6 +190,8 @@ class ModelCard(BaseModel):
     # Extension: for an alias, the configured model it resolves to.
     root: str | None = None
     capabilities: ModelCapabilities | None = None
+    # Extension: whether requests may name LoRA adapters for this model (docs/loras.md).
+    supports_loras: bool | None = None
 
 
 class ModelList(BaseModel):

@@ -7,6 +7,7 @@ A1111's shape ``{error, detail, body, errors}``. Generation goes through the sam
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,10 @@ from serve_app.asgi.endpoints import api_endpoint, read_json
 from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.base import Dialect
+from serve_app.dialects.loras import a1111_lora_items
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 from serve_app.protocol.a1111 import Txt2ImgRequest
-from serve_app.routes.answer import answer, context
+from serve_app.routes.answer import answer, context, translate_for
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
@@ -99,7 +101,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         req = dialect.parse(await read_json(request))
         override = dialect.model_name(req)
         model = resolve_checkpoint(override) if override else current_model(client)
-        plan = await dialect.translate(req, model, context(ingress, request))
+        plan = await translate_for(ingress, dialect, req, model, context(ingress, request))
         return await answer(ingress, model, plan)
 
     async def txt2img(request: Request) -> Response:
@@ -119,6 +121,16 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     def route(path: str, endpoint: Any, method: str, operation: Operation) -> ApiRoute:
         return ApiRoute(A1111_API + path, api_endpoint(endpoint, "a1111"), method, operation)
 
+    async def loras(request: Request) -> Response:
+        """A1111's ``[{name, alias, path, metadata}]`` for the client's current model."""
+        model = current_model(client_of(request))
+        return JSONResponse(await asyncio.to_thread(a1111_lora_items, model))
+
+    async def refresh_loras(request: Request) -> Response:
+        client_of(request)
+        await asyncio.to_thread(lambda: [a1111_lora_items(m, True) for m in ingress.args.models])
+        return JSONResponse(None)
+
     return [
         route("/sd-models", sd_models, "GET", Operation("AUTOMATIC1111 checkpoints")),
         route("/options", get_options, "GET", Operation("AUTOMATIC1111 options of this client")),
@@ -127,4 +139,6 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         route("/img2img", img2img, "POST", Operation("AUTOMATIC1111 img2img")),
         route("/samplers", samplers, "GET", Operation("AUTOMATIC1111 sampler names")),
         route("/schedulers", schedulers, "GET", Operation("AUTOMATIC1111 schedule names")),
+        route("/loras", loras, "GET", Operation("AUTOMATIC1111 LoRA networks (Lora extension)")),
+        route("/refresh-loras", refresh_loras, "POST", Operation("Rescan the LoRA folders")),
     ]

@@ -7,6 +7,8 @@ and shapes the response with the dialect's own ``respond``.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -15,11 +17,21 @@ from starlette.responses import JSONResponse, Response
 from common.model_config import ModelConfig
 from serve_app.asgi.endpoints import generation_headers, owner_of, request_id_of
 from serve_app.dialects.base import Context, Dialect, Translation
+from serve_app.dialects.loras import renamed_param
 from serve_app.inputs.fetch import ImageFetcher
+from serve_app.inputs.lora_urls import fetch_url_loras
 from serve_app.streaming.sse import sse_response
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress
+
+
+# Where a dialect names adapter i, when not ``loras[i].name`` (OpenAI, imagine).
+LORA_PARAMS: dict[str, Callable[[int], str]] = {
+    "together": "image_loras[{}].path".format,
+    "a1111": lambda index: "prompt",
+    "a1111_img2img": lambda index: "prompt",
+}
 
 
 def context(ingress: Ingress, request: Request, fetcher: ImageFetcher | None = None) -> Context:
@@ -39,7 +51,19 @@ async def translate(
     """Parse with the dialect, pick the model it names, translate."""
     req = dialect.parse(body)
     model = ingress.resolve_model(dialect.model_name(req))
-    return model, await dialect.translate(req, model, ctx)
+    return model, await translate_for(ingress, dialect, req, model, ctx)
+
+
+async def translate_for(
+    ingress: Ingress, dialect: Dialect[Any, Any], req: Any, model: ModelConfig, ctx: Context
+) -> Translation[Any]:
+    """Translate a parsed request for ``model``; adapters named by URL are fetched (once,
+    through the safe fetcher) and replaced by their cached files."""
+    plan = await dialect.translate(req, model, ctx)
+    param = LORA_PARAMS.get(dialect.name, plan.lora_param)
+    fetcher = ctx.fetcher or ImageFetcher(ingress.args.images)
+    job = await fetch_url_loras(plan.job, model, fetcher, param)
+    return dataclasses.replace(plan, job=job, lora_param=param)
 
 
 async def answer(
@@ -54,5 +78,9 @@ async def answer(
     if plan.stream is not None:
         frames = ingress.stream_images(model, plan.job, plan.spec, plan.stream)
         return sse_response(frames, headers)
-    images = await ingress.generate_images(model, plan.job, plan.spec)
+    try:
+        images = await ingress.generate_images(model, plan.job, plan.spec)
+    except Exception as exc:
+        # A replica's load-time LoRA error names ``loras[i]``: report the request's field.
+        raise renamed_param(exc, plan.lora_param) from None
     return JSONResponse(plan.respond(images), headers=headers)

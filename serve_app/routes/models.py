@@ -51,7 +51,11 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         model = ingress.resolve_model(name)
         root = None if name == model.id else model.id
         return ModelCard(
-            id=name, created=ingress.started, root=root, capabilities=capabilities(model)
+            id=name,
+            created=ingress.started,
+            root=root,
+            capabilities=capabilities(model),
+            supports_loras=model.loras.enabled,
         )
 
     async def list_models(request: Request) -> Response:

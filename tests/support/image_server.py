@@ -29,6 +29,8 @@ def png_bytes(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
 class ImageServer:
     def __init__(self, host: str, delay_s: float = 3.0) -> None:
         self.hits: list[str] = []
+        # Any other file to serve by path, as application/octet-stream (LoRA adapters).
+        self.files: dict[str, bytes] = {}
         self.image = png_bytes()
         self.delay_s = delay_s
         server = self
@@ -40,7 +42,9 @@ class ImageServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 server.hits.append(self.path)
                 parts = urlsplit(self.path)
-                if parts.path == "/img.png":
+                if parts.path in server.files:
+                    self._send(200, "application/octet-stream", server.files[parts.path])
+                elif parts.path == "/img.png":
                     self._send(200, "image/png", server.image)
                 elif parts.path == "/text":
                     self._send(200, "text/plain", b"not an image")

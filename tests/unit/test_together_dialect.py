@@ -83,7 +83,7 @@ def test_fields_map_onto_the_job() -> None:
         ({"response_format": "png"}, "response_format"),
         ({"guidance": 2.0, "guidance_scale": 3.0}, None),
         ({"strength": 0}, "strength"),
-        ({"image_loras": [{"path": "https://x/lora", "scale": 1.0}]}, "image_loras"),
+        ({"image_loras": [{"path": "no-such-lora", "scale": 1.0}]}, "image_loras[0].path"),
         ({"reference_images": ["https://example.com/a.png"]}, "reference_images"),
         ({"seed": -1}, "seed"),
     ],
