@@ -132,6 +132,10 @@ class LoraRegistry:
                 f"Unknown LoRA adapter '{name}' for model '{self.model_id}'. Available: {shown}.",
                 "lora_not_found",
             )
+        return self._within_cap(name, path)
+
+    def _within_cap(self, name: str, path: Path) -> Path:
+        """``path``, unless the file is over ``loras.max_file_bytes``."""
         size = path.stat().st_size
         if size > self.config.max_file_bytes:
             raise LoraLookupError(
@@ -186,14 +190,7 @@ class LoraRegistry:
 
         owner, repo, filename = name.split("/", 2)
         path = Path(hf_hub_download(f"{owner}/{repo}", filename))
-        size = path.stat().st_size
-        if size > self.config.max_file_bytes:
-            raise LoraLookupError(
-                f"LoRA adapter '{name}' is {size} bytes, over this server's cap of "
-                f"{self.config.max_file_bytes} bytes.",
-                "lora_too_large",
-            )
-        return path
+        return self._within_cap(name, path)
 
     def listing(self, refresh: bool = False) -> list[LoraInfo]:
         """Every adapter in the folders, with its rank and size from the header."""
