@@ -220,16 +220,20 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 def _upstream_died(exc: BaseException) -> bool:
-    """Serve's router: "an upstream actor died before finishing a dependent task"."""
+    """A replica this request depended on died: Serve's router wraps "an upstream actor
+    died before finishing a dependent task" in a RayServeException whose ``__cause__`` is
+    the ActorDiedError, and pixels whose owner (the model replica) died before the
+    encoder read them arrive as an ObjectLostError (OwnerDiedError), possibly wrapped."""
     from ray import exceptions as ray_exc
-    from ray.serve import exceptions as serve_exc
 
-    cause = exc.__cause__
-    return (
-        isinstance(exc, serve_exc.RayServeException)
-        and cause is not None
-        and isinstance(unwrap(cause), ray_exc.RayActorError)
-    )
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        current = unwrap(current)
+        if isinstance(current, ray_exc.RayActorError | ray_exc.ObjectLostError):
+            return True
+        current, seen = current.__cause__, seen + 1
+    return False
 
 
 def is_backpressure(exc: BaseException) -> bool:

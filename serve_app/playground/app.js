@@ -188,10 +188,8 @@ async function loadLoras() {
   const items = Array.isArray(body) ? body : body.data || [];
   const select = $("lora");
   select.replaceChildren(new Option("none", ""));
-  for (const item of items) {
-    const name = item.name || item.id;
-    if (name) select.append(new Option(name, name));
-  }
+  const names = new Set(items.map((item) => item.name || item.id).filter(Boolean));
+  for (const name of names) select.append(new Option(name, name));
   $("lora-section").hidden = items.length === 0;
 }
 

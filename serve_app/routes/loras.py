@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from common.errors import invalid
 from common.model_config import ModelConfig
 from deployments.model.lora_registry import registry_for
 from serve_app.asgi.endpoints import api_endpoint
@@ -39,12 +40,20 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         """``?model=`` narrows the list to one model (id or alias); ``?refresh=true`` rescans."""
         name = request.query_params.get("model")
         models = [ingress.resolve_model(name)] if name else list(ingress.args.models)
-        refresh = request.query_params.get("refresh", "").lower() in ("1", "true")
+        refresh_value = request.query_params.get("refresh", "false")
+        if refresh_value not in ("true", "false"):
+            raise invalid(
+                f"refresh must be 'true' or 'false', got {refresh_value!r}.", param="refresh"
+            )
+        refresh = refresh_value == "true"
         data = await asyncio.to_thread(lora_listing, models, refresh)
         return JSONResponse({"object": "list", "data": data})
 
     listing = Operation(
         "List LoRA adapters (name, source, rank, size, target model)",
-        query={"model": {"type": "string"}, "refresh": {"type": "string", "enum": ["true"]}},
+        query={
+            "model": {"type": "string"},
+            "refresh": {"type": "string", "enum": ["true", "false"]},
+        },
     )
     return [ApiRoute("/v1/loras", api_endpoint(list_loras), "GET", listing)]

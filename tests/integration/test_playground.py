@@ -63,8 +63,11 @@ def test_page_loads_without_console_errors_and_lists_models(browser, base_url: s
     assert page.input_value("#steps") == str(caps["default_steps"])
     assert page.get_attribute("#steps", "max") == str(caps["max_steps"])
     assert page.is_visible("#sampler") and page.is_hidden("#key-section")
-    # No /v1/loras on this server yet: the picker stays hidden.
-    assert page.is_hidden("#lora-section")
+    # The LoRA picker lists every adapter /v1/loras has (the tiny model's demo adapters).
+    adapters = {item["name"] for item in httpx.get(f"{base_url}/v1/loras").json()["data"]}
+    page.wait_for_selector("#lora-section", state="visible")
+    options = page.eval_on_selector_all("#lora option", "e => e.map(o => o.value)")
+    assert adapters and sorted(options) == sorted(["", *adapters])
     # Phone width: everything still fits, nothing scrolls sideways.
     page.set_viewport_size({"width": 360, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -101,3 +101,17 @@ def test_an_upstream_replica_death_is_a_clean_503() -> None:
     error = from_exception(wrapped, "req-1")
     assert (error.status, error.code) == (503, "replica_failed")
     assert from_exception(RayServeException("other"), "req-2").code == "internal_error"
+
+
+def test_pixels_whose_owner_died_are_a_clean_503() -> None:
+    """The model replica died after producing the pixels, before the encoder read them:
+    the object's owner is gone (OwnerDiedError), wrapped once per handle hop."""
+    from ray.exceptions import OwnerDiedError, RayTaskError
+
+    from common.errors import from_exception
+
+    lost = OwnerDiedError("00" * 28, "", "")
+    wrapped = RayTaskError("Encoder.encode", "traceback", lost)
+    for exc in (lost, wrapped):
+        error = from_exception(exc, "req-3")
+        assert (error.status, error.code) == (503, "replica_failed")
