@@ -82,5 +82,10 @@ async def answer(
         images = await ingress.generate_images(model, plan.job, plan.spec)
     except Exception as exc:
         # A replica's load-time LoRA error names ``loras[i]``: report the request's field.
-        raise renamed_param(exc, plan.lora_param) from None
+        # Anything else is re-raised as it is: its cause chain classifies it (a replica
+        # that died shows as the RayServeException's ``__cause__``).
+        renamed = renamed_param(exc, plan.lora_param)
+        if renamed is exc:
+            raise
+        raise renamed from None
     return JSONResponse(plan.respond(images), headers=headers)
