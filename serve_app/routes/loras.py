@@ -38,6 +38,9 @@ def lora_listing(models: list[ModelConfig], refresh: bool = False) -> list[dict[
 def routes(ingress: Ingress) -> list[BaseRoute]:
     async def list_loras(request: Request) -> Response:
         """``?model=`` narrows the list to one model (id or alias); ``?refresh=true`` rescans."""
+        unknown = sorted(set(request.query_params) - {"model", "refresh"})
+        if unknown:
+            raise invalid(f"Unknown query parameters {unknown}; use model and refresh.", unknown[0])
         name = request.query_params.get("model")
         models = [ingress.resolve_model(name)] if name else list(ingress.args.models)
         refresh_value = request.query_params.get("refresh", "false")

@@ -133,6 +133,9 @@ def test_listing_routes(http: httpx.Client) -> None:
     refreshed = http.post("/sdapi/v1/refresh-loras", headers=webui_auth())
     assert refreshed.status_code == 200 and refreshed.json() is None
     assert http.get("/v1/models/tiny-sdxl").json()["supports_loras"] is True
+    # This test's own use of demo-1 (so it passes alone too): the replica reports it loaded.
+    body = {"prompt": "x", "size": "256x256", "loras": [{"name": "demo-1"}]}
+    assert http.post("/v1/images/generations", json=body).status_code == 200
     stats = model_stats()["loras_loaded"]
     assert stats["demo-1"]["load_ms"] > 0
 
