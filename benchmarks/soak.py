@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
 import random
 import shutil
 import tempfile
@@ -133,7 +135,7 @@ def main() -> None:
         "config": {
             **{k: str(v) for k, v in vars(args).items()},
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": "2 cpus, shared with other engineers",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         },
         "stats": {
             "warmup_outcomes": warm,
