@@ -8,10 +8,12 @@ excluded:
   closed loop of ``--concurrency`` Together requests. Also the first-use load latency
   of a never-seen adapter: the replica's own load time (``/v1/stats``) and the first
   request's latency against the next one's.
-- ``engine``: the real ``DiffusersEngine`` in-process, one pipeline call per batch of
-  ``--concurrency`` one-image jobs (what a replica runs when c requests queue), so the
-  per-row LoRA cost is measured without HTTP and Ray in the way. First-use load is
-  ``LoraBank.ensure`` of a fresh copy.
+- ``engine``: the real ``DiffusersEngine`` in-process, one batch of ``--concurrency``
+  one-image jobs at a time (what a replica runs when c requests queue), so the
+  per-row LoRA cost is measured without HTTP and Ray in the way. ``--path step`` (the
+  default, as ``batching.mode: step``) drives the step scheduler's ``StepRunner``
+  (admit, one tick per step, decode); ``--path pipeline`` is request mode's single
+  ``engine.generate`` call. First-use load is ``LoraBank.ensure`` of a fresh copy.
 
     python -m benchmarks.lora_mix --mode engine --concurrency 8 --rounds 6 \\
         --out benchmarks/results/lora_mix_engine
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -123,6 +126,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
     from common.model_config import ModelConfig
     from deployments.model.batching import group_jobs
     from deployments.model.engine import DiffusersEngine
+    from deployments.model.step_engine import StepRunner
 
     folder = Path(tempfile.mkdtemp(prefix="lora-bench-"))
     config = {"id": "tiny-sdxl", "source": "builtin:tiny-sdxl", "torch_threads": args.threads}
@@ -152,13 +156,21 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             )
         return out
 
+    runner = StepRunner(engine)
+
     def call(mode: str) -> float:
         batch = jobs(mode)
         for job in batch:
             engine.loras.ensure(job.loras)
-        (group,) = group_jobs(batch)
         started = time.perf_counter()
-        engine.generate(group)
+        if args.path == "pipeline":
+            (group,) = group_jobs(batch)
+            engine.generate(group)
+        else:  # the step loop's own primitives, one tick per denoising step
+            rows = [row for job in batch for row in runner.admit(job, None)]
+            while not rows[0].done:
+                runner.tick(rows)
+            runner.decode(rows)
         return time.perf_counter() - started
 
     for mode in MODES:
@@ -209,7 +221,12 @@ def summarize(
     for mode in MODES:
         summary[mode]["ratio_to_none"] = summary[mode]["images_per_s"] / base
     return {
-        "config": {**vars(args), "machine": platform.machine(), "note": "shared 2-core VM"},
+        "config": {
+            **vars(args),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+            "loadavg_before": args.loadavg_before,
+            "loadavg_after": round(os.getloadavg()[0], 2),
+        },
         "stats": {"throughput": summary, "first_use": load},
         "raw": {"runs": raw, "server_stats": stats},
     }
@@ -222,9 +239,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        "The machine was shared with other engineers' work while this ran (2 cores); the",
-        "three workloads run in rounds with their order rotated each round, so that load",
-        "hits all of them alike. Mixed adapters share UNet calls (per-row deltas).",
+        f"Machine: {result['config']['machine']}; load average before and after the run: "
+        f"{result['config']['loadavg_before']} / {result['config']['loadavg_after']}. The",
+        "three workloads run in rounds with their order rotated each round, so that other",
+        "load hits all of them alike. Mixed adapters share UNet calls (per-row deltas).",
         "",
         "| workload | images/s | median round images/s | p50 latency ms | vs none |",
         "|---|---|---|---|---|",
@@ -251,6 +269,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["http", "engine"], default="http")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="engine: torch threads")
+    parser.add_argument(
+        "--path", choices=["step", "pipeline"], default="step", help="engine: which loop"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=24, help="per workload per round")
     parser.add_argument("--steps", type=int, default=20)
@@ -258,8 +279,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lora_mix"))
     args = parser.parse_args()
+    args.loadavg_before = round(os.getloadavg()[0], 2)
     command = "python -m benchmarks.lora_mix " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "port"
+        f"--{k} {v}" for k, v in vars(args).items() if k not in ("port", "loadavg_before")
     )
     if args.mode == "engine":
         result = run_engine(args)
