@@ -281,7 +281,10 @@ def main() -> None:
     args = parser.parse_args()
     args.loadavg_before = round(os.getloadavg()[0], 2)
     command = "python -m benchmarks.lora_mix " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k not in ("port", "loadavg_before")
+        f"--{k} {v}"
+        for k, v in vars(args).items()
+        if k not in ("port", "loadavg_before")
+        and not (args.mode == "http" and k in ("threads", "path"))  # engine-only options
     )
     if args.mode == "engine":
         result = run_engine(args)
