@@ -112,3 +112,21 @@ def test_benchmark_configs_are_valid_app_configs() -> None:
         root / "serve_config.yaml", {"batching": {"max_batch_size": 1}, "max_images_per_request": 1}
     )
     assert ImageServingArgs.model_validate(naive).models[0].batching.max_batch_size == 1
+
+
+def test_step_batching_targets_table_says_met_or_missed() -> None:
+    from benchmarks.step_batching import targets_table
+
+    targets = {
+        "raw_best_images_per_s": 6.0,
+        "raw_single_latency_ms": 600.0,
+        "low_is_good": {"value": 0.78, "target_max": 0.6},
+        "high_is_good": {"value": 1.17, "target_min": 1.0},
+        "context_only": {"value": 0.95},
+    }
+    config = {"date": "2026-12-02T16:00", "machine": "x86_64 2 cpus", "loadavg_before": 0.3}
+    lines = targets_table(targets, config).splitlines()
+    assert "| low_is_good | 0.78 | <= 0.6 | **no** |" in lines
+    assert "| high_is_good | 1.17 | >= 1.0 | yes |" in lines
+    assert "| context_only | 0.95 | (context) | — |" in lines
+    assert any("Raw best batch 6.00 images/s, raw single 600 ms" in line for line in lines)
