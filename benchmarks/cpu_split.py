@@ -23,7 +23,7 @@ import psutil
 
 from benchmarks.loadgen import closed_loop
 from benchmarks.server import ROOT, started_server
-from benchmarks.stats import summarize
+from benchmarks.stats import histogram_delta, mean_batch, summarize
 from benchmarks.workload import Workload
 
 
@@ -41,10 +41,9 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
 
 
 def rows_per_call(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, float]:
-    old, new = before["rows_per_call_histogram"], after["rows_per_call_histogram"]
-    delta = {int(k): v - old.get(k, 0) for k, v in new.items()}
-    calls = sum(delta.values())
-    return calls, sum(k * v for k, v in delta.items()) / calls if calls else 0.0
+    """UNet calls between two ``/v1/stats`` snapshots, and their mean image rows."""
+    delta = histogram_delta(before["rows_per_call_histogram"], after["rows_per_call_histogram"])
+    return sum(delta.values()), mean_batch(delta)
 
 
 async def measure(url: str, args: argparse.Namespace, workload: Workload) -> dict[str, Any]:
