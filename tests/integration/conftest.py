@@ -57,7 +57,7 @@ TEST_UPLOAD_LIMIT = 4 << 20
 # retry tests take seconds.
 TEST_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"integration-webhook-secret-0123").decode()
 TEST_JOBS = {
-    "lease_s": 3.0,
+    "lease_s": 10.0,  # 20 heartbeats: 3 s lost a running job to a starved ingress on 2 cores
     "heartbeat_s": 0.5,
     "sweep_interval_s": 2.0,
     "webhooks": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0, "max_total_s": 30.0},
