@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 def engine_runner(args: argparse.Namespace) -> Callable[[int], tuple[float, np.ndarray]]:
     from common.job import GenerationJob
     from common.model_config import ModelConfig
-    from deployments.model.batching import group_jobs
-    from deployments.model.engine import DiffusersEngine
+    from deployments.model.request_mode.batching import group_jobs
+    from deployments.model.request_mode.engine import DiffusersEngine
 
     config = {"id": "tiny-sdxl", "source": args.source, "torch_threads": args.threads}
     engine = DiffusersEngine(ModelConfig.model_validate(config))

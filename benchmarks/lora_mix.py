@@ -124,9 +124,8 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
 
     from common.job import GenerationJob, LoraRef
     from common.model_config import ModelConfig
-    from deployments.model.batching import group_jobs
-    from deployments.model.engine import DiffusersEngine
-    from deployments.model.step_engine import StepRunner
+    from deployments.model.request_mode.batching import group_jobs
+    from deployments.model.request_mode.engine import DiffusersEngine
 
     folder = Path(tempfile.mkdtemp(prefix="lora-bench-"))
     config = {"id": "tiny-sdxl", "source": "builtin:tiny-sdxl", "torch_threads": args.threads}
@@ -156,7 +155,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             )
         return out
 
-    runner = StepRunner(engine)
+    runner = engine.step_runner()
 
     def call(mode: str) -> float:
         batch = jobs(mode)

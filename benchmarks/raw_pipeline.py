@@ -15,7 +15,7 @@ from common.model_config import ModelConfig
 
 
 def _engine(model: dict[str, Any]) -> tuple[Any, ModelConfig]:
-    from deployments.model.engine import DiffusersEngine
+    from deployments.model.request_mode.engine import DiffusersEngine
 
     config = ModelConfig.model_validate({**model, "warmup": False})
     return DiffusersEngine(config), config
@@ -79,10 +79,9 @@ def measure_step_loop(
     import itertools
 
     from common.job import GenerationJob
-    from deployments.model.step_engine import StepRunner
 
     engine, config = _engine(model)
-    runner = StepRunner(engine)
+    runner = engine.step_runner()
     width, height = config.generation_size(body.get("size", "auto"))
     steps = body.get("num_inference_steps", config.default_steps)
     seeds = itertools.count()

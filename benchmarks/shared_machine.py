@@ -50,8 +50,8 @@ def child(calls: int) -> None:
 
     from common.job import GenerationJob
     from common.model_config import ModelConfig
-    from deployments.model.batching import group_jobs
-    from deployments.model.engine import DiffusersEngine
+    from deployments.model.request_mode.batching import group_jobs
+    from deployments.model.request_mode.engine import DiffusersEngine
 
     model = model_config(ROOT / "serve_config.yaml")
     config = ModelConfig.model_validate({**model, "warmup": False})

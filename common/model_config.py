@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.families import FamilyName, check_family, infer_family
 from common.sizes import OPENAI_SIZES, SDXL_BUCKETS, scaled_bucket
 
 
@@ -178,7 +179,15 @@ class ModelConfig(StrictModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     aliases: list[str] = Field(default_factory=list)
-    source: str = Field(description="'builtin:tiny-sdxl', a hub repo id, or a local folder.")
+    source: str = Field(
+        description="'builtin:tiny-sdxl' (or tiny-flux, tiny-qwen-image), a hub repo id, "
+        "or a local folder."
+    )
+    family: FamilyName | None = Field(
+        default=None,
+        description="sdxl | flux | qwen_image. Inferred from the source when left out "
+        "(model_index.json's _class_name); a mismatch is a startup error.",
+    )
     revision: str | None = None
     variant: str | None = None
     local_files_only: bool = Field(
@@ -189,7 +198,6 @@ class ModelConfig(StrictModel):
         description="A UNet state dict (.safetensors) replacing the checkpoint's: a local "
         "path or 'hf://<repo>/<file>', e.g. SDXL-Lightning's 4-step UNet.",
     )
-    pipeline: Literal["StableDiffusionXLPipeline"] = "StableDiffusionXLPipeline"
     scheduler: SchedulerConfig | None = None
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -231,6 +239,7 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        self.known_family()  # a declared family that contradicts the source fails here
         missing = [size for size in OPENAI_SIZES if size not in self.buckets]
         if missing:
             raise ValueError(f"model {self.id!r}: buckets lack sizes {missing}")
@@ -250,6 +259,13 @@ class ModelConfig(StrictModel):
                 "never fill"
             )
         return self
+
+    def known_family(self) -> FamilyName | None:
+        """The family, from the config or from the source without a download (or None)."""
+        found = infer_family(self.source)
+        if found is None:
+            return self.family
+        return check_family(self.family, found, self.source)
 
     def generation_size(self, size: str) -> tuple[int, int]:
         """The (width, height) the pipeline runs at for an OpenAI ``size``."""

@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 
 from common.config import ImageServingArgs
 from deployments.encoder.server import Encoder
-from deployments.model.engine import EngineFactory
+from deployments.model.request_mode.engine import EngineFactory
 from deployments.model.server import ModelServer
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app

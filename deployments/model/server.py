@@ -2,7 +2,7 @@
 
 Two batching modes (``batching.mode``). In ``step`` mode (the default) the replica
 owns the denoising loop: requests join and leave the running batch between steps
-(:mod:`deployments.model.step_loop`, docs/scheduler.md). In ``request`` mode, the
+(:mod:`deployments.model.scheduler.step_loop`, docs/scheduler.md). In ``request`` mode, the
 benchmark baseline, one pipeline call serves a whole batch of requests, as follows.
 
 How a request-mode batch forms. Ray's ``@serve.batch`` loop pulls the next batch as soon as one
@@ -41,10 +41,15 @@ from common.job import BatchStats, GenerationJob, ImageEvent
 from common.model_config import BatchingConfig, ModelConfig
 from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
-from deployments.model.batching import count_images, group_jobs
-from deployments.model.engine import Engine, EngineFactory, diffusers_engine_factory
-from deployments.model.step_loop import StepLoop
-from deployments.model.stepping import Submission, run_groups
+from deployments.model.families.base import Family
+from deployments.model.families.registry import FamilyFactory, load_family
+from deployments.model.lora.bank import LoraBank, bank_for
+from deployments.model.request_mode.batching import count_images, group_jobs
+from deployments.model.request_mode.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.model.request_mode.runner import run_groups
+from deployments.model.scheduler.runner import StepRunner
+from deployments.model.scheduler.step_loop import StepLoop
+from deployments.model.scheduler.submission import Submission
 
 logger = logging.getLogger("imagegen.model")
 
@@ -52,10 +57,14 @@ WARMUP_STEPS = 2
 
 
 class ModelServer:
-    """Serves one model. Construct with an ``engine_factory`` to inject a fake engine."""
+    """Serves one model. Inject a fake ``family_factory`` (step mode) or
+    ``engine_factory`` (request mode) in tests."""
 
     def __init__(
-        self, config: ModelConfig | dict[str, Any], engine_factory: EngineFactory | None = None
+        self,
+        config: ModelConfig | dict[str, Any],
+        engine_factory: EngineFactory | None = None,
+        family_factory: FamilyFactory | None = None,
     ) -> None:
         install_log_context()
         self.config = ModelConfig.model_validate(config)
@@ -67,7 +76,6 @@ class ModelServer:
         self._metrics = ModelMetrics(self.config.id)
         self._gate_closed = False
         self._gate_open = asyncio.Event()
-        self._running = False
         self._waiting = 0
         # Built per instance (not a class-level decorator) so each server owns its
         # batch queue, bound to the event loop it runs on.
@@ -77,25 +85,29 @@ class ModelServer:
             batch_size_fn=count_images,
         )(self._run_batch)
         started = time.perf_counter()
-        factory = engine_factory or diffusers_engine_factory
-        self._engine: Engine = self._executor.submit(factory, self.config).result()
         self.mode = self.config.batching.mode
         self._steps: StepLoop | None = None
+        self._engine: Engine | None = None
+        self._family: Family | None = None
+        self._loras: LoraBank | None = None
         if self.mode == "step":
-            make_runner = getattr(self._engine, "step_runner", None)
-            if make_runner is None:
-                raise ValueError(
-                    f"model {self.config.id!r}: batching.mode 'step' needs an engine with "
-                    "step_runner(); this engine has none (use batching.mode: request)"
-                )
+            family = self._executor.submit(family_factory or load_family, self.config).result()
+            self._family = family
+            self._loras = bank_for(
+                self.config, family.denoiser, family.parse_lora, family.demo_loras
+            )
+            runner = StepRunner(family, self._loras.rows if self._loras is not None else None)
             self._steps = StepLoop(
-                make_runner(),
+                runner,
                 self._executor,
                 self.config.batching.max_batch_size,
                 self._stats,
                 self._metrics,
             )
-        self._loras = getattr(self._engine, "loras", None)
+        else:
+            factory = engine_factory or diffusers_engine_factory
+            self._engine = self._executor.submit(factory, self.config).result()
+            self._loras = self._engine.loras
         if self._loras is not None:
             self._loras.on_load = lambda adapter: self._metrics.lora_load_ms.observe(
                 adapter.load_ms
@@ -121,6 +133,7 @@ class ModelServer:
             if self._steps is not None:
                 self._steps.run_alone(job)
                 continue
+            assert self._engine is not None
             for group in group_jobs([job]):
                 self._engine.generate(group)
 
@@ -226,6 +239,8 @@ class ModelServer:
         return names
 
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._family is not None:
+            self._family.check(sub.job)  # what this architecture cannot do is a 400
         pinned = await self._prepare_loras(sub.job)
         try:
             if self._steps is not None:
@@ -320,7 +335,7 @@ class ModelServer:
 
     async def _run_batch(self, subs: list[Submission]) -> AsyncIterator[list[Any]]:
         """The ``@serve.batch`` generator: one list per yield, an item per request."""
-        self._running = True
+        assert self._engine is not None
         try:
             groups = group_jobs([sub.job for sub in subs])
             streaming = sum(sub.stream for sub in subs)
@@ -357,7 +372,6 @@ class ModelServer:
                 yield _row(len(subs), *getter.result(), done)
             work.result()  # an engine error fails every request still waiting
         finally:
-            self._running = False
             self._open_gate()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from common.errors import invalid
 from common.job import LoraRef
 from common.model_config import ModelConfig
-from deployments.model.lora_registry import LoraLookupError, registry_for
+from storage.lora_files import LoraLookupError, registry_for
 
 # A1111's extra-network syntax: <lora:name>, <lora:name:weight>, <lora:name:te:unet>.
 A1111_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::([^:>]*))?>", re.IGNORECASE)

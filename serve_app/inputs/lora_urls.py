@@ -20,8 +20,8 @@ from pathlib import Path
 
 from common.job import GenerationJob, LoraRef
 from common.model_config import ModelConfig
-from deployments.model.lora_registry import SUFFIX, classify, lora_dirs, registry_for
 from serve_app.inputs.fetch import ImageFetcher
+from storage.lora_files import SUFFIX, classify, lora_dirs, registry_for
 
 URL_PREFIX = "url-"
 
@@ -48,7 +48,7 @@ async def fetch_url_loras(
     """Replace every URL adapter of ``job`` by the stem of its fetched (cached) file."""
     if not any(classify(ref.name) == "url" for ref in job.loras):
         return job
-    folder = lora_dirs(model.loras)[0]
+    folder = lora_dirs(model.loras, model)[0]
     refs = []
     for index, ref in enumerate(job.loras):
         if classify(ref.name) != "url":

@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute
 
 from common.errors import invalid
 from common.model_config import ModelConfig
-from deployments.model.lora_registry import registry_for
 from serve_app.asgi.endpoints import api_endpoint
 from serve_app.asgi.openapi import ApiRoute, Operation
+from storage.lora_files import registry_for
 
 if TYPE_CHECKING:
     from serve_app.ingress import Ingress

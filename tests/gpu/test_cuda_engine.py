@@ -12,8 +12,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_tiny_sdxl_on_cuda_matches_seed_across_batch() -> None:
     from common.job import GenerationJob
     from common.model_config import ModelConfig
-    from deployments.model.batching import group_jobs
-    from deployments.model.engine import DiffusersEngine
+    from deployments.model.request_mode.batching import group_jobs
+    from deployments.model.request_mode.engine import DiffusersEngine
 
     config = ModelConfig(id="tiny", source="builtin:tiny-sdxl", device="cuda", default_steps=4)
     engine = DiffusersEngine(config)

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.model.batching import GenerationGroup
-from deployments.model.engine import DiffusersEngine, GroupOutput
+from deployments.model.request_mode.batching import GenerationGroup
+from deployments.model.request_mode.engine import DiffusersEngine, GroupOutput
 from tests.integration.conftest import app_args_for_tests, wait_until
 from tests.support.images import decode_b64
 

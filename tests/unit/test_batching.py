@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.job import GenerationJob, assign_seeds, partial_steps
-from deployments.model.batching import count_images, group_jobs
+from deployments.model.request_mode.batching import count_images, group_jobs
 
 
 def job(

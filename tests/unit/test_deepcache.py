@@ -7,9 +7,9 @@ import pytest
 
 from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
-from deployments.model.batching import group_jobs
-from deployments.model.deepcache import DeepCache, deep_modules
-from deployments.model.engine import DiffusersEngine
+from deployments.model.families.sdxl.deepcache import DeepCache, deep_modules
+from deployments.model.request_mode.batching import group_jobs
+from deployments.model.request_mode.engine import DiffusersEngine
 from serve_app.dialects.samplers import SAMPLERS, resolve_sampler
 
 STEPS = 12

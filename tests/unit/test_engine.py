@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from common.job import GenerationJob
-from deployments.model.batching import group_jobs
-from deployments.model.engine import DiffusersEngine
-from deployments.model.tiny_sdxl import ensure_tiny_sdxl, resolve_builtin
+from deployments.model.families.sdxl.tiny import ensure_tiny_sdxl, resolve_builtin
+from deployments.model.request_mode.batching import group_jobs
+from deployments.model.request_mode.engine import DiffusersEngine
 from tests.support.engines import STEPS, Recorder, tiny_config
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from common.job import GenerationJob
-from deployments.model.batching import group_jobs
-from deployments.model.engine import DiffusersEngine
+from deployments.model.request_mode.batching import group_jobs
+from deployments.model.request_mode.engine import DiffusersEngine
 from tests.support.engines import Recorder, tiny_config
 
 STEPS = 8

@@ -10,9 +10,9 @@ import pytest
 
 from common.errors import APIError
 from common.job import GenerationJob, LoraRef
-from deployments.model.batching import group_jobs
-from deployments.model.engine import DiffusersEngine
-from deployments.model.lora_demo import DEMO_NAMES
+from deployments.model.families.sdxl.family import DEMO_LORAS as DEMO_NAMES
+from deployments.model.request_mode.batching import group_jobs
+from deployments.model.request_mode.engine import DiffusersEngine
 from tests.support.engines import STEPS, tiny_config
 
 
@@ -87,7 +87,7 @@ def test_two_adapters_equal_diffusers_set_adapters(engine: DiffusersEngine, lora
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from deployments.model.tiny_sdxl import resolve_builtin
+    from deployments.model.families.sdxl.tiny import resolve_builtin
 
     ours = run(engine, job(11, loras=(LoraRef("demo-1", 0.8), LoraRef("demo-2", 0.6))))
     pipe = StableDiffusionXLPipeline.from_pretrained(
@@ -223,7 +223,7 @@ def test_lora_rows_applies_one_plan_per_unet_row(engine: DiffusersEngine) -> Non
             return unet(sample, 10, hidden, added_cond_kwargs=added).sample
 
     base = forward()
-    with engine.lora_rows([(), (LoraRef("demo-1", 1.0),), ()]):
+    with bank.rows([(), (LoraRef("demo-1", 1.0),), ()]):
         mixed = forward()
     torch.testing.assert_close(mixed[0], base[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(mixed[2], base[2], atol=1e-5, rtol=1e-4)

@@ -12,10 +12,10 @@ from common.config import ImageInputConfig
 from common.errors import APIError
 from common.job import LoraRef
 from common.model_config import ModelConfig
-from deployments.model.lora_registry import registry_for
 from serve_app.dialects import a1111, imagine_api, imagine_sdk, openai, together
 from serve_app.dialects.base import Context
 from serve_app.dialects.loras import strip_tags
+from storage.lora_files import registry_for
 
 
 def write_adapter(path: Path, rank: int = 4) -> None:

@@ -13,8 +13,8 @@ from ray.serve import batching as serve_batching
 
 from common.errors import APIError, invalid
 from common.job import GenerationJob, LoraRef
-from deployments.model.batching import GenerationGroup
-from deployments.model.engine import GroupOutput
+from deployments.model.request_mode.batching import GenerationGroup
+from deployments.model.request_mode.engine import GroupOutput
 from deployments.model.server import ModelServer
 
 

@@ -20,10 +20,10 @@ import pytest
 from ray.serve import batching as serve_batching
 
 from common.job import GenerationJob
-from deployments.model.batching import GenerationGroup
-from deployments.model.engine import GroupOutput
+from deployments.model.request_mode.batching import GenerationGroup
+from deployments.model.request_mode.engine import GroupOutput
+from deployments.model.scheduler.submission import Submission
 from deployments.model.server import ModelServer
-from deployments.model.stepping import Submission
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,8 @@ class FakeEngine:
     returned event is set, so tests can queue requests behind a running batch or
     cancel one mid-call.
     """
+
+    loras = None
 
     def __init__(self, config: Any) -> None:
         self.calls: list[list[int]] = []

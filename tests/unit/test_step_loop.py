@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from common.job import GenerationJob, SchedulerSpec
-from deployments.model.engine import DiffusersEngine
+from deployments.model.request_mode.engine import DiffusersEngine
+from deployments.model.scheduler.runner import StepRunner
+from deployments.model.scheduler.submission import Submission
 from deployments.model.server import ModelServer
-from deployments.model.step_engine import StepRunner
-from deployments.model.stepping import Submission
 from tests.support.engines import tiny_config
 
 SIZE = 64  # 8x8 latents: cheap on 2 shared cores
@@ -113,7 +113,7 @@ def test_img2img_and_inpaint_rows_equal_the_diffusers_pipelines(engine: Diffuser
 
 
 def _group_of(j: GenerationJob) -> Any:
-    from deployments.model.batching import group_jobs
+    from deployments.model.request_mode.batching import group_jobs
 
     return group_jobs([j])[0]
 
@@ -145,13 +145,10 @@ def test_rows_with_different_steps_guidance_and_schedulers_share_one_call(
 # -- through the model server ------------------------------------------------------
 
 
-def step_server(engine: DiffusersEngine, runner_cls: type[StepRunner] | None = None) -> ModelServer:
+def step_server(engine: DiffusersEngine, wrap: Any = None) -> ModelServer:
     config = tiny_config(warmup=False, generation_scale=0.125).model_dump()
-    server = ModelServer(config, engine_factory=lambda _: engine)
-    if runner_cls is not None:
-        assert server._steps is not None
-        server._steps.runner = runner_cls(engine)
-    return server
+    family = engine.family if wrap is None else wrap(engine.family)
+    return ModelServer(config, family_factory=lambda _: family)
 
 
 async def wait_for(predicate: Any, timeout: float = 60) -> None:
@@ -228,19 +225,26 @@ async def test_a_cancelled_request_leaves_at_the_next_step(engine: DiffusersEngi
     assert 0 < stats["steps_saved"] < 2 * 40
 
 
-class PoisonRunner(StepRunner):
-    """A UNet call that includes a row of a poisoned prompt raises (a bad input, an OOM)."""
+class PoisonFamily:
+    """The real family, but a UNet call that includes a row of a poisoned prompt raises
+    (a bad input, an OOM)."""
 
-    def forward(self, rows: Any, sample: Any, timestep: Any, **kwargs: Any) -> Any:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict(self, rows: Any, cache: Any) -> Any:
         if any("poison" in row.owner.job.prompt for row in rows):
             raise RuntimeError("injected UNet failure")
-        return super().forward(rows, sample, timestep, **kwargs)
+        return self.inner.predict(rows, cache)
 
 
 async def test_a_failing_request_fails_alone_and_its_tick_mates_go_on(
     engine: DiffusersEngine,
 ) -> None:
-    server = step_server(engine, PoisonRunner)
+    server = step_server(engine, PoisonFamily)
     good = asyncio.create_task(server.generate(job("good", 1, steps=6)))
     await wait_for(lambda: server.stats()["unet_calls"] >= 1)
     bad = GenerationJob("bad", "poison", None, (2,), SIZE, SIZE, 4, 5.0)
@@ -285,13 +289,9 @@ def test_lora_rows_wrap_every_unet_call_in_unet_batch_order(engine: DiffusersEng
         def __exit__(self, *exc: object) -> None:
             return None
 
-    runner = engine.step_runner()
-    engine.lora_rows = Recorder  # type: ignore[attr-defined]
-    try:
-        a = (LoraRef("style", 0.5),)
-        rows = runner.admit(job("a", 1, guidance=5.0, loras=a), None)
-        rows += runner.admit(job("b", 2, guidance=0.0), None)
-        runner.tick(rows)
-    finally:
-        del engine.lora_rows  # type: ignore[attr-defined]
+    runner = StepRunner(engine.family, Recorder)
+    a = (LoraRef("style", 0.5),)
+    rows = runner.admit(job("a", 1, guidance=5.0, loras=a), None)
+    rows += runner.admit(job("b", 2, guidance=0.0), None)
+    runner.tick(rows)
     assert seen == [[a, a, ()]]  # CFG row: uncond and cond entries; then the guidance-0 row

@@ -20,8 +20,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from common.job import GenerationJob, LoraRef
-from deployments.model.img2img import DerivedPipelines, gray_image, rgb_image
+from common.job import GenerationJob
+from deployments.model.families.base import Row
+from deployments.model.families.sdxl.img2img import DerivedPipelines, gray_image, rgb_image
 
 if TYPE_CHECKING:
     import torch
@@ -40,23 +41,18 @@ class Prompt:
     timestep_cond: torch.Tensor | None = None  # guidance embedding (LCM-style UNets)
 
 
-@dataclass(eq=False)
-class Row:
-    """One image being denoised."""
+@dataclass(eq=False, kw_only=True)
+class SdxlRow(Row):
+    """One SDXL image being denoised: latents, its own scheduler and generator."""
 
-    owner: Any  # the Submission it belongs to
-    index: int  # image index within its request
-    seed: int
     scheduler: Any
-    timesteps: Any  # 1-D tensor of the timesteps this row still runs, in order
+    timesteps: Any  # 1-D tensor of the timesteps this row runs, in order
     latents: torch.Tensor  # (1, C, h, w)
     generator: Any
     guidance: float
     cfg: bool
     prompt: Prompt
-    loras: tuple[LoraRef, ...] = ()
     step_kwargs: dict[str, Any] = field(default_factory=dict)
-    position: int = 0  # timesteps done
     # inpaint: blend with the (re-noised) init latents outside the mask after each step.
     image_latents: torch.Tensor | None = None
     noise: torch.Tensor | None = None
@@ -64,15 +60,7 @@ class Row:
     masked_image_latents: torch.Tensor | None = None  # 9-channel inpaint UNets only
 
     @property
-    def total(self) -> int:
-        return len(self.timesteps)
-
-    @property
-    def done(self) -> bool:
-        return self.position >= self.total
-
-    @property
-    def shape(self) -> tuple[int, ...]:
+    def tick_key(self) -> tuple[int, ...]:
         return tuple(self.latents.shape)
 
 
@@ -140,7 +128,7 @@ def make_rows(
     owner: Any,
     prompt: Prompt,
     device: Any,
-) -> list[Row]:
+) -> list[SdxlRow]:
     """The rows of one request, each with its own scheduler copy, generator and latents."""
     import torch
 
@@ -150,16 +138,18 @@ def make_rows(
         generator = torch.Generator("cpu").manual_seed(seed)
         sched = copy.deepcopy(scheduler)
         sched.set_timesteps(job.steps, device=device)
-        row = Row(
+        cfg = uses_cfg(pipe, job.guidance)
+        row = SdxlRow(
             owner=owner,
             index=index,
-            seed=seed,
+            total=len(sched.timesteps),
+            passes=2 if cfg else 1,
             scheduler=sched,
             timesteps=sched.timesteps,
             latents=None,  # type: ignore[arg-type]
             generator=generator,
             guidance=job.guidance,
-            cfg=uses_cfg(pipe, job.guidance),
+            cfg=cfg,
             prompt=prompt,
             loras=job.loras,
             step_kwargs=step_kwargs(sched, generator),
@@ -186,7 +176,7 @@ def _with_scheduler(pipe: Any, scheduler: Any, fn: Any) -> Any:
         pipe.scheduler = saved
 
 
-def _txt2img_latents(pipe: Any, job: GenerationJob, row: Row, generator: Any) -> None:
+def _txt2img_latents(pipe: Any, job: GenerationJob, row: SdxlRow, generator: Any) -> None:
     row.latents = pipe.prepare_latents(
         1,
         pipe.unet.config.in_channels,
@@ -200,7 +190,7 @@ def _txt2img_latents(pipe: Any, job: GenerationJob, row: Row, generator: Any) ->
 
 
 def _prepare_from_image(
-    pipes: DerivedPipelines, job: GenerationJob, row: Row, generator: Any, device: Any
+    pipes: DerivedPipelines, job: GenerationJob, row: SdxlRow, generator: Any, device: Any
 ) -> None:
     """img2img / inpaint: start at the strength's timestep from noised init latents."""
     pipe = pipes.base
@@ -213,6 +203,7 @@ def _prepare_from_image(
         if remaining < 1:
             raise ValueError(f"strength {job.strength} leaves no denoising step out of {job.steps}")
         row.timesteps = timesteps
+        row.total = len(timesteps)
         latent_timestep = timesteps[:1].repeat(1)
         if job.mode == "img2img":
             image = derived.image_processor.preprocess(rgb_image(job.init_image))

@@ -12,11 +12,15 @@ hands events back through each submission's ``sink``. At every step boundary it
    due, VAE-decodes the rows that finished together, and sends a request its
    final images as soon as all of its rows are done.
 
-A tick group is a latent shape. DeepCache rows reuse deep features of the same
-rows between steps, so they tick only with the rows admitted in the same round
-with the same interval (a cohort, its own group); any other rows share a call.
+A tick group is the family's ``tick_key`` (a latent shape). DeepCache rows reuse
+deep features of the same rows between steps, so they tick only with the rows
+admitted in the same round with the same interval (a cohort, its own group); any
+other rows share a call.
 
-Failure isolation: if a tick's UNet call raises, the tick is retried one request
+The loop knows no architecture: rows, ticks, previews and decodes go through the
+family seam (``deployments/model/families/base.py``) via :class:`StepRunner`.
+
+Failure isolation: if a tick's denoiser call raises, the tick is retried one request
 at a time and the requests that fail alone fail; a scheduler step that raises, a
 non-finite image, or a failed admission fails only its request.
 """
@@ -36,9 +40,9 @@ import numpy as np
 
 from common.job import BatchStats, ImageEvent, partial_steps
 from deployments.metrics import ModelMetrics
-from deployments.model.rows import Row
-from deployments.model.step_engine import StepRunner
-from deployments.model.stepping import Submission, invalid_output_error
+from deployments.model.families.base import Row, TickCache
+from deployments.model.scheduler.runner import StepRunner
+from deployments.model.scheduler.submission import Submission, invalid_output_error
 
 logger = logging.getLogger("imagegen.steps")
 
@@ -58,7 +62,7 @@ class Active:
 class TickGroup:
     key: tuple[Any, ...]
     rows: list[Row] = field(default_factory=list)
-    cache: Any = None  # a DeepCache for a cohort
+    cache: TickCache | None = None  # a DeepCache for a cohort
 
 
 @dataclass
@@ -162,7 +166,6 @@ class StepLoop:
         self.metrics.batch_images.observe(images)
         for sub in admitted:
             self.metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
-            self.metrics.admission_wait_ms.observe((now - sub.arrived) * 1000)
             try:
                 rows = self.runner.admit(sub.job, sub)
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone
@@ -174,7 +177,7 @@ class StepLoop:
                 active.schedule = {step: i for i, step in enumerate(steps)}
             self._requests[id(sub)] = active
             interval = sub.job.deep_cache_interval
-            key: tuple[Any, ...] = (rows[0].shape, interval, self._round if interval else None)
+            key: tuple[Any, ...] = (rows[0].tick_key, interval, self._round if interval else None)
             group = self._groups.get(key)
             if group is None:
                 group = TickGroup(key)
@@ -287,9 +290,9 @@ class StepLoop:
 
     def _finish(self, rows: list[Row]) -> None:
         """Decode the rows that finished together (per shape); complete their requests."""
-        by_shape: dict[tuple[int, ...], list[Row]] = {}
+        by_shape: dict[Any, list[Row]] = {}
         for row in rows:
-            by_shape.setdefault(row.shape, []).append(row)
+            by_shape.setdefault(row.decode_key, []).append(row)
         for same in by_shape.values():
             try:
                 pixels, finite = self.runner.decode(same)

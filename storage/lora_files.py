@@ -56,11 +56,16 @@ class LoraInfo:
         return asdict(self)
 
 
-def lora_dirs(config: LoraConfig) -> list[Path]:
-    """The configured folders, or ``$IMAGEGEN_CACHE/loras``."""
+def lora_dirs(config: LoraConfig, model: ModelConfig | None = None) -> list[Path]:
+    """The configured folders, or ``$IMAGEGEN_CACHE/loras`` (SDXL), or
+    ``$IMAGEGEN_CACHE/loras/<family>`` for the other families: an adapter is for one
+    architecture, so families never share a default folder."""
     if config.dirs:
         return [Path(d).expanduser() for d in config.dirs]
-    return [default_cache_root() / "loras"]
+    family = model.known_family() if model is not None else None
+    if family in (None, "sdxl"):
+        return [default_cache_root() / "loras"]
+    return [default_cache_root() / "loras" / str(family)]
 
 
 def classify(name: str) -> Source:
@@ -97,6 +102,7 @@ class LoraRegistry:
     def __init__(self, model: ModelConfig) -> None:
         self.model_id = model.id
         self.config = model.loras
+        self.model = model
         self.allow_hub = model.allows_hub()
         self._lock = threading.Lock()
         self._files: dict[str, Path] = {}
@@ -105,7 +111,7 @@ class LoraRegistry:
     def refresh(self) -> dict[str, Path]:
         """Rescan the folders; the first folder wins for a name found twice."""
         found: dict[str, Path] = {}
-        for folder in lora_dirs(self.config):
+        for folder in lora_dirs(self.config, self.model):
             if not folder.is_dir():
                 continue
             for path in sorted(folder.glob(f"*{SUFFIX}")):
@@ -220,7 +226,7 @@ _REGISTRIES_LOCK = threading.Lock()
 
 def registry_for(model: ModelConfig) -> LoraRegistry:
     """One registry per model config in this process (the ingress's and the replica's)."""
-    dirs = ",".join(str(d) for d in lora_dirs(model.loras))
+    dirs = ",".join(str(d) for d in lora_dirs(model.loras, model))
     key = (model.id, f"{model.loras.model_dump_json()}|{model.allows_hub()}|{dirs}")
     with _REGISTRIES_LOCK:
         registry = _REGISTRIES.get(key)

@@ -1,4 +1,4 @@
-"""The diffusion engine: loads a pipeline from config and runs one group per call.
+"""Request mode's engine: one SDXL pipeline call per shape group (the baseline).
 
 torch and diffusers are imported inside this module's functions only, so the
 ingress and the encoder never pay for them.
@@ -10,24 +10,19 @@ import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from common.job import SchedulerSpec
 from common.model_config import ModelConfig
-from deployments.model.batching import GenerationGroup
-from deployments.model.deepcache import DeepCache
-from deployments.model.img2img import SLICED_INPUTS, DerivedPipelines, can_drop_rows, mode_kwargs
-from deployments.model.lora import bank_for
-from deployments.model.previews import latents_to_rgb
-from deployments.model.tiny_sdxl import BUILTIN_PREFIX, resolve_builtin
-
-if TYPE_CHECKING:
-    import torch
-
-    from deployments.model.step_engine import StepRunner
+from deployments.model.families.loading import to_uint8
+from deployments.model.families.sdxl.deepcache import DeepCache
+from deployments.model.families.sdxl.family import SdxlFamily
+from deployments.model.families.sdxl.previews import latents_to_rgb
+from deployments.model.lora.bank import LoraBank, bank_for
+from deployments.model.request_mode.batching import GenerationGroup
+from deployments.model.request_mode.pipeline_args import SLICED_INPUTS, can_drop_rows, mode_kwargs
+from deployments.model.scheduler.runner import StepRunner
 
 logger = logging.getLogger("imagegen.engine")
 
@@ -64,7 +59,9 @@ class GroupOutput:
 
 
 class Engine(Protocol):
-    """What the model server needs from an engine."""
+    """What the model server needs from a request-mode engine."""
+
+    loras: LoraBank | None
 
     def generate(self, group: GenerationGroup, observer: StepObserver | None = None) -> GroupOutput:
         """Denoise one group; images are uint8 ``(k, height, width, 3)``."""
@@ -74,111 +71,21 @@ class Engine(Protocol):
 EngineFactory = Callable[[ModelConfig], Engine]
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def _pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model config asks for device 'cuda' but no CUDA device is visible")
-    return name
-
-
-def _resolve_file(ref: str) -> Path:
-    """A local path, or ``hf://<owner>/<repo>/<file>`` fetched through the hub cache."""
-    if ref.startswith("hf://"):
-        from huggingface_hub import hf_hub_download
-
-        owner, repo, filename = ref.removeprefix("hf://").split("/", 2)
-        return Path(hf_hub_download(f"{owner}/{repo}", filename))
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"unet_weights file not found: {path}")
-    return path
-
-
 class DiffusersEngine:
     """An SDXL pipeline loaded with ``from_pretrained`` from any configured source."""
 
-    def __init__(self, config: ModelConfig) -> None:
-        import diffusers
-        import torch
-
-        self.torch_threads = config.torch_threads
-        self._pin_threads()
-        self.device = _pick_device(config.device)
-        dtype = _torch_dtype(config.dtype)
-        source: str | Path = config.source
-        local_only = config.local_files_only
-        if config.source.startswith(BUILTIN_PREFIX):
-            source, local_only = resolve_builtin(config.source), True
-        pipeline_cls = getattr(diffusers, config.pipeline)
-        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_only}
-        if config.revision:
-            kwargs["revision"] = config.revision
-        if config.variant:
-            kwargs["variant"] = config.variant
-        pipe = pipeline_cls.from_pretrained(source, **kwargs)
-        if config.unet_weights:
-            from safetensors.torch import load_file
-
-            state = load_file(str(_resolve_file(config.unet_weights)))
-            pipe.unet.load_state_dict(state)
-        if config.scheduler is not None:
-            scheduler_cls = getattr(diffusers, config.scheduler.class_name, None)
-            if scheduler_cls is None:
-                raise ValueError(f"unknown scheduler class {config.scheduler.class_name!r}")
-            pipe.scheduler = scheduler_cls.from_config(
-                pipe.scheduler.config, **config.scheduler.config
-            )
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
-        _apply_performance(self.pipe, config)
-        # img2img / inpaint pipelines sharing these components, built on first use.
-        self.pipelines = DerivedPipelines(self.pipe)
-        # The configured scheduler; a group may ask for another one (A1111 samplers).
-        self.base_scheduler = pipe.scheduler
-        self._schedulers: dict[SchedulerSpec, Any] = {}
-        # LoRA adapters applied per UNet batch row (deployments/model/lora.py);
-        # ``lora_rows(per_row)`` is the context a step scheduler wraps each UNet call in.
-        self.loras = bank_for(config, self.pipe.unet)
-        self.lora_rows = self.loras.rows if self.loras is not None else None
-        logger.info(
-            "loaded %s from %s on %s (%s, %d torch threads)",
-            config.id,
-            source,
-            self.device,
-            config.dtype,
-            torch.get_num_threads(),
+    def __init__(self, config: ModelConfig, family: SdxlFamily | None = None) -> None:
+        family = family or SdxlFamily(config)
+        self.family = family
+        self.pipe = family.pipe
+        self.pipelines = family.pipelines
+        self.base_scheduler = family.base_scheduler
+        self.scheduler_for = family.scheduler_for
+        self._pin_threads = family.pin_threads
+        # LoRA adapters applied per UNet batch row (deployments/model/lora/bank.py).
+        self.loras: LoraBank | None = bank_for(
+            config, family.pipe.unet, family.parse_lora, family.demo_loras
         )
-
-    def _pin_threads(self) -> None:
-        """OpenMP thread counts are per calling thread, so pin in whichever thread runs us."""
-        import torch
-
-        if self.torch_threads is not None and torch.get_num_threads() != self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-
-    def scheduler_for(self, spec: SchedulerSpec | None) -> Any:
-        """The configured scheduler, or one built from its config with ``spec``'s class/options."""
-        if spec is None:
-            return self.base_scheduler
-        scheduler = self._schedulers.get(spec)
-        if scheduler is None:
-            import diffusers
-
-            scheduler_cls = getattr(diffusers, spec.class_name, None)
-            if scheduler_cls is None or not spec.class_name.endswith("Scheduler"):
-                raise ValueError(f"unknown scheduler class {spec.class_name!r}")
-            scheduler = scheduler_cls.from_config(self.base_scheduler.config, **spec.config())
-            self._schedulers[spec] = scheduler
-        return scheduler
 
     def generate(self, group: GenerationGroup, observer: StepObserver | None = None) -> GroupOutput:
         import torch
@@ -197,10 +104,8 @@ class DiffusersEngine:
             pipe.scheduler = self.base_scheduler
 
     def step_runner(self) -> StepRunner:
-        """Step primitives over this engine's components (``batching.mode: step``)."""
-        from deployments.model.step_engine import StepRunner
-
-        return StepRunner(self)
+        """Step primitives over the same components (benchmarks compare the two modes)."""
+        return StepRunner(self.family, self.loras.rows if self.loras is not None else None)
 
     def _pipe_for(self, mode: str) -> Any:
         return self.pipe if mode == "txt2img" else self.pipelines.for_mode(mode)
@@ -251,11 +156,8 @@ class DiffusersEngine:
             return GroupOutput(np.zeros((0, group.height, group.width, 3), np.uint8), [])
         # 3. Floats in [0, 1] -> uint8, which is what crosses the handle to the encoder.
         #    Non-finite pixels (a float16 overflow, say) fail their request.
-        images = np.asarray(result.images)
-        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        pixels, finite = to_uint8(result.images)
         invalid = [row for row, ok in zip(rows, finite, strict=True) if not ok]
-        images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
-        pixels = (images * 255.0).round().clip(0, 255).astype(np.uint8)
         return GroupOutput(pixels, rows, invalid)
 
     def _call_pipeline(
@@ -283,22 +185,6 @@ class DiffusersEngine:
 DROPPABLE_SCHEDULERS = frozenset(
     {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DDIMScheduler"}
 )
-
-
-def _apply_performance(pipe: Any, config: ModelConfig) -> None:
-    """The model's ``performance`` switches (GPU-oriented; all off by default)."""
-    import torch
-
-    perf = config.performance
-    if perf.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if perf.vae_slicing:
-        pipe.vae.enable_slicing()
-    if perf.vae_tiling:
-        pipe.vae.enable_tiling()
-    if perf.compile_unet:
-        pipe.unet = torch.compile(pipe.unet, dynamic=True)
 
 
 class _AllRowsDropped(Exception):
@@ -359,4 +245,15 @@ class _StepCallback:
 
 
 def diffusers_engine_factory(config: ModelConfig) -> Engine:
+    """Request mode's engine on a freshly loaded SDXL family.
+
+    Request mode is the baseline the benchmarks compare step mode against, and it
+    calls SDXL's pipelines directly; the other families serve in step mode only.
+    """
+    family = config.known_family()
+    if family not in (None, SdxlFamily.name):
+        raise ValueError(
+            f"model {config.id!r}: batching.mode 'request' is the SDXL baseline; the "
+            f"{family} family is served in step mode only (batching.mode: step)"
+        )
     return DiffusersEngine(config)

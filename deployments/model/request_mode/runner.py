@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
-from common.errors import APIError
-from common.job import BatchStats, GenerationJob, ImageEvent, partial_steps
+from common.job import BatchStats, ImageEvent, partial_steps
 from deployments.metrics import ModelMetrics
-from deployments.model.batching import GenerationGroup
-from deployments.model.engine import Engine
+from deployments.model.request_mode.batching import GenerationGroup
+from deployments.model.request_mode.engine import Engine
+from deployments.model.scheduler.submission import Submission, invalid_output_error
 
 Emit = Callable[[int, ImageEvent], None]
-
-
-@dataclass(eq=False)
-class Submission:
-    """One request inside the model server; ``cancelled`` is read by the pipeline thread."""
-
-    job: GenerationJob
-    stream: bool
-    cancelled: bool = False
-    arrived: float = field(default_factory=time.perf_counter)
-    # Preview indices already sent, so a retried call does not send them twice.
-    sent_partials: set[int] = field(default_factory=set)
-    # Step mode: where the step loop (on the pipeline thread) sends this request's events.
-    sink: Callable[[ImageEvent], None] | None = None
-
-    @property
-    def n(self) -> int:
-        return self.job.n
 
 
 class GroupObserver:
@@ -170,15 +152,6 @@ def run_group(
         elif not sub.cancelled:
             error = RuntimeError(f"request {sub.job.request_id} lost images in the pipeline")
             fail(subs, index, error, emit, stats)
-
-
-def invalid_output_error() -> APIError:
-    """The pipeline produced non-finite pixels (e.g. a float16 overflow to NaN)."""
-    return APIError(
-        "internal",
-        "The model produced an invalid image (non-finite pixels); try another seed or prompt.",
-        code="invalid_output",
-    )
 
 
 def fail(
