@@ -113,20 +113,11 @@ def step_row(row: FlowRow, prediction: Any) -> None:
     row.position += 1
 
 
-def current_sigma(row: FlowRow) -> float:
-    """The noise level of the row's latents after its last step (0 at the end)."""
-    sigmas = row.scheduler.sigmas
-    index = row.scheduler.step_index
-    if index is None or index >= len(sigmas):
-        return 0.0
-    return float(sigmas[index])
+def latent_rgb_preview(latents: Any, factors: Any, bias: Any) -> np.ndarray:
+    """``(B, C, h, w)`` unpacked latents -> ``(B, h, w, 3)`` uint8 by linear RGB factors.
 
-
-def latent_rgb_preview(latents: Any, sigma: float, factors: Any, bias: Any) -> np.ndarray:
-    """``(1, C, h, w)`` unpacked latents -> ``(1, h, w, 3)`` uint8 by linear RGB factors.
-
-    A flow-matching latent at noise level ``sigma`` is ``(1 - sigma) x0 + sigma eps``;
-    the preview shows its ``x0`` estimate's colours (unit-scaled by ``1 - sigma``).
+    The factors map the scaled latents the transformer sees to RGB in [-1, 1]; on a
+    noisy latent the preview is noisy too, and it sharpens as the row denoises.
     """
     import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.model.families.sdxl.img2img import gray_image, rgb_image
+from deployments.model.families.derived import gray_image, rgb_image
 from deployments.model.request_mode.batching import GenerationGroup
 
 # Per-step inputs each mode's loop reads back from ``callback_on_step_end``. The

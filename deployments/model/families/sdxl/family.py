@@ -20,6 +20,7 @@ import numpy as np
 from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row
+from deployments.model.families.derived import DerivedPipelines
 from deployments.model.families.loading import (
     load_pipeline,
     pin_threads,
@@ -27,7 +28,6 @@ from deployments.model.families.loading import (
     to_uint8,
 )
 from deployments.model.families.sdxl.deepcache import DeepCache
-from deployments.model.families.sdxl.img2img import DerivedPipelines
 from deployments.model.families.sdxl.previews import latents_to_rgb
 from deployments.model.families.sdxl.rows import SdxlRow, encode_job_prompt, make_rows
 from deployments.model.families.sdxl.tiny import TINY_SDXL, ensure_tiny_sdxl

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.job import GenerationJob
 from deployments.model.families.base import Row
-from deployments.model.families.sdxl.img2img import DerivedPipelines, gray_image, rgb_image
+from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
 
 if TYPE_CHECKING:
     import torch

@@ -1,10 +1,11 @@
 """Image-to-image and inpainting on the loaded txt2img pipeline's own components.
 
-``StableDiffusionXLImg2ImgPipeline.from_pipe`` and ``StableDiffusionXLInpaintPipeline
-.from_pipe`` build pipelines that share the UNet, VAE, text encoders and tokenizers
-of the loaded pipeline: no second copy of the weights, and the performance switches
-(channels_last, a compiled UNet, VAE slicing) and DeepCache's UNet hook apply to
-them too. They are built on first use, on the pipeline thread.
+``<Family>Img2ImgPipeline.from_pipe`` and ``<Family>InpaintPipeline.from_pipe`` build
+pipelines that share the denoiser, VAE, text encoders and tokenizers of the loaded
+pipeline: no second copy of the weights, and the performance switches and hooks
+(DeepCache, LoRA rows) apply to them too. They are built on first use, on the
+pipeline thread; a family uses their helpers (``prepare_latents``, ``get_timesteps``,
+``prepare_mask_latents``, the image and mask processors) to prepare its rows.
 
 Each row gets its init image (and mask) already at the generation size: the ingress
 resized them, so diffusers' preprocessing resizes nothing. Each row's VAE encoding
@@ -21,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-PIPELINE_CLASSES = {
+SDXL_PIPELINES = {
     "img2img": "StableDiffusionXLImg2ImgPipeline",
     "inpaint": "StableDiffusionXLInpaintPipeline",
 }
@@ -30,8 +31,9 @@ PIPELINE_CLASSES = {
 class DerivedPipelines:
     """The txt2img pipeline plus its img2img / inpaint siblings, built lazily."""
 
-    def __init__(self, base: Any) -> None:
+    def __init__(self, base: Any, classes: dict[str, str] | None = None) -> None:
         self.base = base
+        self.classes = classes or SDXL_PIPELINES
         self._derived: dict[str, Any] = {}
 
     def for_mode(self, mode: str) -> Any:
@@ -41,7 +43,7 @@ class DerivedPipelines:
         if pipe is None:
             import diffusers
 
-            cls = getattr(diffusers, PIPELINE_CLASSES[mode])
+            cls = getattr(diffusers, self.classes[mode])
             # dtype: from_pipe casts every shared module to it (float32 by default),
             # which would silently change a float16 model's own weights.
             pipe = cls.from_pipe(self.base, dtype=self.base.dtype)
