@@ -38,6 +38,10 @@ PIPELINE_FAMILIES: dict[str, FamilyName] = {
 }
 
 
+# Families whose only sampler is flow-matching Euler (A1111's "Euler" maps to it).
+FLOW_MATCHING: frozenset[FamilyName] = frozenset({"flux", "qwen_image"})
+
+
 class FamilyMismatchError(ValueError):
     """The config names one family and the checkpoint is another."""
 

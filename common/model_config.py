@@ -239,7 +239,12 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        self.known_family()  # a declared family that contradicts the source fails here
+        family = self.known_family()  # a family that contradicts the source fails here
+        if family in ("flux", "qwen_image") and self.size_multiple % 16:
+            raise ValueError(
+                f"model {self.id!r}: the {family} family packs 2x2 latent patches after an "
+                f"8x VAE, so size_multiple must be a multiple of 16 (got {self.size_multiple})"
+            )
         missing = [size for size in OPENAI_SIZES if size not in self.buckets]
         if missing:
             raise ValueError(f"model {self.id!r}: buckets lack sizes {missing}")

@@ -192,6 +192,8 @@ class ModelCard(BaseModel):
     capabilities: ModelCapabilities | None = None
     # Extension: whether requests may name LoRA adapters for this model (docs/loras.md).
     supports_loras: bool | None = None
+    # Extension: the architecture (sdxl, flux, qwen_image; docs/families.md).
+    family: str | None = None
 
 
 class ModelList(BaseModel):

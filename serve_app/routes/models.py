@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from common.families import FLOW_MATCHING
 from common.model_config import ModelConfig
 from common.sizes import OPENAI_SIZES
 from serve_app.asgi.endpoints import api_endpoint
@@ -42,7 +43,7 @@ def capabilities(model: ModelConfig) -> ModelCapabilities:
         free_size=FreeSizeLimits(
             max_side=model.max_side, max_pixels=model.max_pixels, multiple=model.size_multiple
         ),
-        samplers=sampler_names(),
+        samplers=["Euler"] if model.known_family() in FLOW_MATCHING else sampler_names(),
     )
 
 
@@ -56,6 +57,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             root=root,
             capabilities=capabilities(model),
             supports_loras=model.loras.enabled,
+            family=model.known_family(),
         )
 
     async def list_models(request: Request) -> Response:
