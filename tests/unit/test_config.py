@@ -50,7 +50,7 @@ def test_serve_config_yaml_is_valid() -> None:
         )
         for key in ("min_replicas", "max_replicas", "target_ongoing_requests")
     ]
-    assert bounds == [1, 2, 16, 0, 2, 16, 1, 4, 8, 1, 4, 64]
+    assert bounds == [1, 2, 16, 0, 2, 16, 0, 2, 16, 1, 4, 8, 1, 4, 64]
     # Several models, each with its own defaults; the second one scales to zero.
     always_on, on_demand = args.models
     assert not always_on.deployment.scales_to_zero() and on_demand.deployment.scales_to_zero()
