@@ -7,11 +7,10 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 |---|---|---|---|
 | ``ray_imagegen_images_generated_total`` | counter | model | images finished by the pipeline |
 | ``ray_imagegen_batch_images`` | histogram | model | images per batch (``@serve.batch``) |
-| ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start |
+| ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start (step mode: to admission) |
 | ``ray_imagegen_generation_ms`` | histogram | model | one pipeline call (one shape group) |
 | ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
-| ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: image rows in one UNet call |
-| ``ray_imagegen_admission_wait_ms`` | histogram | model | step mode: arrival to admission |
+| ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: image rows in one denoiser call (UNet or transformer) |
 | ``ray_imagegen_step_queue_depth`` | gauge | model | step mode: requests waiting for admission |
 | ``ray_imagegen_lora_load_ms`` | histogram | model | loading a LoRA adapter on first use |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
@@ -66,12 +65,6 @@ class ModelMetrics:
             boundaries=BATCH_BUCKETS,
             tag_keys=("model",),
         )
-        self.admission_wait_ms = Histogram(
-            "imagegen_admission_wait_ms",
-            description="Step mode: from a request reaching the replica to its admission, in ms.",
-            boundaries=MS_BUCKETS,
-            tag_keys=("model",),
-        )
         self.step_queue_depth = Gauge(
             "imagegen_step_queue_depth",
             description="Step mode: requests waiting for admission at the next step boundary.",
@@ -86,7 +79,6 @@ class ModelMetrics:
         for metric in (
             self.lora_load_ms,
             self.rows_per_unet_call,
-            self.admission_wait_ms,
             self.step_queue_depth,
             self.images,
             self.batch_images,

@@ -1,0 +1,128 @@
+"""The flux family end to end: Ray Serve, the official SDKs, every dialect.
+
+``tiny-flux`` is served by the default config in its own scale-to-zero deployment;
+the first request here wakes it. What is checked is what the family decides (sizes,
+seeds, guidance through the embedding, per-row LoRA, streamed previews, edits, the
+400s for what flow matching cannot do) through the same routes SDXL uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import together
+from PIL import Image
+
+from tests.support.http import webui_auth
+from tests.support.images import assert_close, decode_b64, pixels
+
+FLUX = "tiny-flux"
+
+
+@pytest.fixture(scope="module")
+def flux_client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def generate(client: openai.OpenAI, **params: Any) -> Any:
+    return client.images.generate(model=FLUX, prompt="a lighthouse", **params)
+
+
+def mean_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(pixels(a).astype(float) - pixels(b).astype(float)).mean())
+
+
+def test_model_card_names_the_family(http: httpx.Client, flux_client: openai.OpenAI) -> None:
+    card = http.get(f"/v1/models/{FLUX}").json()
+    assert card["family"] == "flux" and card["capabilities"]["samplers"] == ["Euler"]
+    assert http.get("/v1/models/tiny-sdxl").json()["family"] == "sdxl"
+
+
+def test_openai_sizes_seeds_and_n(flux_client: openai.OpenAI) -> None:
+    result = generate(flux_client, size="1792x1024", n=2, extra_body={"seed": 5})
+    images = [decode_b64(item.b64_json) for item in result.data]
+    assert [image.size for image in images] == [(1792, 1024)] * 2
+    alone = generate(flux_client, size="1792x1024", extra_body={"seed": 6})
+    assert_close(images[1], decode_b64(alone.data[0].b64_json))  # seed + 1, alone
+
+
+def test_together_free_size_guidance_and_lora(base_url: str) -> None:
+    client = together.Together(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+
+    def image(**params: Any) -> Image.Image:
+        response = client.images.generate(
+            model=FLUX, prompt="a lighthouse", width=320, height=192, steps=6, seed=21, **params
+        )
+        return decode_b64(response.data[0].b64_json)
+
+    plain = image(guidance_scale=3.5)
+    assert plain.size == (320, 192)
+    assert mean_diff(plain, image(guidance_scale=8.0)) > 1.0  # the guidance embedding
+    adapted = image(guidance_scale=3.5, image_loras=[{"path": "flux-demo-1", "scale": 1.0}])
+    assert mean_diff(plain, adapted) > 1.0
+
+
+def test_streamed_previews_then_the_final(flux_client: openai.OpenAI) -> None:
+    events = list(
+        flux_client.images.generate(  # type: ignore[call-overload]
+            model=FLUX, prompt="a harbour", stream=True, partial_images=2, size="1024x1024"
+        )
+    )
+    kinds = [event.type for event in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert decode_b64(events[-1].b64_json).size == (1024, 1024)
+
+
+def test_masked_edit_keeps_the_outside(flux_client: openai.OpenAI) -> None:
+    source = Image.new("RGB", (256, 256), (200, 30, 30))
+    mask = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (128, 0, 256, 256))  # transparent right half: repaint it
+
+    def png(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    result = flux_client.images.edit(
+        model=FLUX,
+        image=("in.png", png(source), "image/png"),
+        mask=("mask.png", png(mask), "image/png"),
+        prompt="a window",
+        size="256x256",
+    )
+    edited = pixels(decode_b64(result.data[0].b64_json))
+    assert np.abs(edited[:, :120].astype(int) - [200, 30, 30]).mean() < 2
+
+
+def test_a1111_checkpoint_override_and_sampler_refusal(http: httpx.Client) -> None:
+    auth = webui_auth()
+    body = {
+        "prompt": "a castle",
+        "steps": 4,
+        "width": 256,
+        "height": 256,
+        "seed": 3,
+        "override_settings": {"sd_model_checkpoint": FLUX},
+    }
+    res = http.post("/sdapi/v1/txt2img", json=body, headers=auth, timeout=300)
+    assert res.status_code == 200, res.text
+    image = Image.open(io.BytesIO(base64.b64decode(res.json()["images"][0])))
+    assert image.size == (256, 256)
+    assert json.loads(res.json()["info"])["seed"] == 3
+    bad = http.post(
+        "/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ 2M"}, headers=auth, timeout=300
+    )
+    assert bad.status_code == 400 and "sampler_name" in bad.text and "flux" in bad.text
+
+
+def test_openai_sampler_and_cache_interval_are_400s(flux_client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        generate(flux_client, size="256x256", extra_body={"sampler": "DPM++ 2M"})
+    assert "flow-matching" in str(err.value)
