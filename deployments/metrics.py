@@ -7,10 +7,10 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 |---|---|---|---|
 | ``ray_imagegen_images_generated_total`` | counter | model | images finished by the pipeline |
 | ``ray_imagegen_batch_images`` | histogram | model | images per batch (``@serve.batch``) |
-| ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival at the replica to batch start (step mode: to admission) |
+| ``ray_imagegen_queue_wait_ms`` | histogram | model | arrival to batch start (step: admission) |
 | ``ray_imagegen_generation_ms`` | histogram | model | one pipeline call (one shape group) |
 | ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
-| ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: image rows in one denoiser call (UNet or transformer) |
+| ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: rows in one denoiser call |
 | ``ray_imagegen_step_queue_depth`` | gauge | model | step mode: requests waiting for admission |
 | ``ray_imagegen_lora_load_ms`` | histogram | model | loading a LoRA adapter on first use |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
