@@ -24,6 +24,13 @@ BUILTIN_FAMILIES: dict[str, FamilyName] = {
     "tiny-flux": "flux",
     "tiny-qwen-image": "qwen_image",
 }
+# The demo LoRA adapters each built-in model's replica writes into its LoRA folder at
+# start (built in code); known to the ingress before the replica has ever started.
+BUILTIN_DEMO_LORAS: dict[str, tuple[str, ...]] = {
+    "tiny-sdxl": ("demo-1", "demo-2", "demo-3", "demo-4"),
+    "tiny-flux": tuple(f"flux-demo-{i}" for i in range(1, 5)),
+    "tiny-qwen-image": tuple(f"qwen-demo-{i}" for i in range(1, 5)),
+}
 # model_index.json's _class_name -> family (the txt2img pipelines and their siblings).
 PIPELINE_FAMILIES: dict[str, FamilyName] = {
     "StableDiffusionXLPipeline": "sdxl",
@@ -67,6 +74,15 @@ def infer_family(source: str) -> FamilyName | None:
     if index.is_file():
         return family_of_index(json.loads(index.read_text()), str(index))
     return None
+
+
+def demo_loras(source: str) -> tuple[str, ...]:
+    """The demo adapters of a built-in source (none for a real checkpoint)."""
+    return (
+        BUILTIN_DEMO_LORAS.get(source.removeprefix(BUILTIN_PREFIX), ())
+        if source.startswith(BUILTIN_PREFIX)
+        else ()
+    )
 
 
 def check_family(declared: FamilyName | None, found: FamilyName, source: str) -> FamilyName:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from common.families import demo_loras
 from common.model_config import LoraConfig, ModelConfig
 from common.paths import default_cache_root
 
@@ -103,6 +104,8 @@ class LoraRegistry:
         self.model_id = model.id
         self.config = model.loras
         self.model = model
+        # Written by the replica at its start; a cold model's demos are valid names already.
+        self.demos = demo_loras(model.source) if model.loras.demo_adapters else ()
         self.allow_hub = model.allows_hub()
         self._lock = threading.Lock()
         self._files: dict[str, Path] = {}
@@ -185,6 +188,8 @@ class LoraRegistry:
             return
         if not NAME_RE.match(name):
             raise LoraLookupError(f"'{name[:200]}' is not a LoRA adapter name.", "lora_not_found")
+        if name in self.demos and name not in self.files():
+            return  # the replica writes it before it loads anything
         self.local_path(name)
 
     def resolve(self, name: str) -> Path:
@@ -217,7 +222,10 @@ class LoraRegistry:
                     error = str(exc)
             source: Source = "url" if name.startswith("url-") else "dir"
             out.append(LoraInfo(name, source, str(path), size, rank, self.model_id, error))
-        return out
+        for name in self.demos:  # not written yet: the model has not started since
+            if name not in files:
+                out.append(LoraInfo(name, "dir", None, None, None, self.model_id))
+        return sorted(out, key=lambda info: info.name)
 
 
 _REGISTRIES: dict[tuple[str, str], LoraRegistry] = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
+from common.families import BUILTIN_DEMO_LORAS
 from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row
@@ -36,7 +37,7 @@ from deployments.model.lora.parse import LoadedAdapter, parse_adapter, split_pre
 if TYPE_CHECKING:
     import torch
 
-DEMO_LORAS = ("demo-1", "demo-2", "demo-3", "demo-4")
+DEMO_LORAS = BUILTIN_DEMO_LORAS[TINY_SDXL]
 
 
 class SdxlFamily:
