@@ -1,7 +1,8 @@
 """The ceiling: the raw diffusers pipeline called in-process at fixed batch sizes.
 
-It loads the model through the server's own loading code (same weights, scheduler,
-dtype, threads), then times ``pipe(...)`` directly, output as numpy like the server's.
+It loads the model through the server's own loading code (its family: same weights,
+scheduler, dtype, threads), then times the family's diffusers pipeline ``pipe(...)``
+directly, output as numpy like the server's. Any configured model (``--model``).
 :func:`measure_step_loop` times the step scheduler's own primitives the same way,
 in-process, so a served gap can be split into the loop's cost and the serving's.
 """
@@ -14,11 +15,20 @@ from typing import Any
 from common.model_config import ModelConfig
 
 
-def _engine(model: dict[str, Any]) -> tuple[Any, ModelConfig]:
-    from deployments.model.request_mode.engine import DiffusersEngine
+def _family(model: dict[str, Any]) -> tuple[Any, ModelConfig]:
+    from deployments.model.families.registry import load_family
 
     config = ModelConfig.model_validate({**model, "warmup": False})
-    return DiffusersEngine(config), config
+    return load_family(config), config
+
+
+def guidance_kwargs(family: Any, guidance: float) -> dict[str, Any]:
+    """How each family's own pipeline takes the guidance the server gives its rows."""
+    if family.name == "qwen_image":  # true CFG, with an empty negative prompt above 1
+        return {"true_cfg_scale": guidance, "negative_prompt": "" if guidance > 1 else None}
+    if family.name == "flux":
+        return {"guidance_scale": guidance, "max_sequence_length": family.max_sequence_length}
+    return {"guidance_scale": guidance}
 
 
 def measure(
@@ -27,24 +37,25 @@ def measure(
     """images/s and per-call latency at each batch size (warm-up call excluded)."""
     import torch
 
-    engine, config = _engine(model)
+    family, config = _family(model)
     width, height = config.generation_size(body.get("size", "auto"))
     steps = body.get("num_inference_steps", config.default_steps)
     guidance = body.get("guidance_scale", config.default_guidance)
+    extra = guidance_kwargs(family, guidance)
     rows = []
     for batch in batch_sizes:
 
         def call(batch: int = batch) -> None:
             generators = [torch.Generator("cpu").manual_seed(i) for i in range(batch)]
             with torch.inference_mode():
-                engine.pipe(
+                family.pipe(
                     prompt=[body.get("prompt", "a lighthouse")] * batch,
                     width=width,
                     height=height,
                     num_inference_steps=steps,
-                    guidance_scale=guidance,
                     generator=generators,
                     output_type="np",
+                    **extra,
                 )
 
         call()  # warm-up
@@ -79,9 +90,10 @@ def measure_step_loop(
     import itertools
 
     from common.job import GenerationJob
+    from deployments.model.scheduler.runner import StepRunner
 
-    engine, config = _engine(model)
-    runner = engine.step_runner()
+    family, config = _family(model)
+    runner = StepRunner(family)
     width, height = config.generation_size(body.get("size", "auto"))
     steps = body.get("num_inference_steps", config.default_steps)
     seeds = itertools.count()
@@ -133,13 +145,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+    parser.add_argument("--model", default=None, help="model id or alias (default: the first)")
     parser.add_argument("--size", default="1024x1024")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-sizes", default="1,8,16")
     parser.add_argument("--rounds", type=int, default=2, help="raw and loop, interleaved")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
-    model = model_config(args.config)
+    model = model_config(args.config, args.model)
     body = {"size": args.size, "num_inference_steps": args.steps}
     sizes = [int(x) for x in args.batch_sizes.split(",")]
     result: dict[str, Any] = {"loadavg_before": os.getloadavg()[0], "rounds": []}
@@ -147,7 +160,12 @@ def main() -> None:
         raw = measure(model, body, sizes)
         loop = measure_step_loop(model, body, rows=max(sizes), min_time_s=8.0)
         best = max(r["images_per_s"] for r in raw)
-        entry = {"raw": raw, "loop": loop, "loop_over_raw_best": loop["images_per_s"] / best}
+        entry = {
+            "model": model["id"],
+            "raw": raw,
+            "loop": loop,
+            "loop_over_raw_best": loop["images_per_s"] / best,
+        }
         print(json.dumps(entry))
         result["rounds"].append(entry)
     if args.out is not None:

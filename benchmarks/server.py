@@ -45,8 +45,15 @@ def _one_replica(options: dict[str, Any], max_ongoing: int) -> dict[str, Any]:
     return {**fixed, "num_replicas": 1, "max_ongoing_requests": max_ongoing}
 
 
-def model_config(config: Path) -> dict[str, Any]:
-    return app_args(config)["models"][0]
+def model_config(config: Path, model_id: str | None = None) -> dict[str, Any]:
+    """A model entry of ``config``: the one named ``model_id`` (id or alias), or the first."""
+    models = app_args(config)["models"]
+    if model_id is None:
+        return models[0]
+    for model in models:
+        if model_id == model["id"] or model_id in model.get("aliases", []):
+            return model
+    raise SystemExit(f"no model {model_id!r} in {config}; have {[m['id'] for m in models]}")
 
 
 @contextmanager

@@ -233,6 +233,13 @@ class ModelConfig(StrictModel):
         description="Retry-After sent with the 503 when this model is scaled to zero, "
         "cold-starting, and its queue (max_queued_requests) is full.",
     )
+    cold_start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A scale-to-zero model whose replica is not running this long after a "
+        "request woke it (the cluster cannot place it) answers 503 with Retry-After and "
+        "the resources it lacks, instead of waiting for the request deadline.",
+    )
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     loras: LoraConfig = Field(default_factory=LoraConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)

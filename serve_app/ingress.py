@@ -33,6 +33,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob
 from common.model_config import ModelConfig
 from common.request_context import install_log_context
 from serve_app.asgi.auth import ApiKeys, load_keys
+from serve_app.cold_start import guard_cold_start
 from serve_app.streaming.sse import StreamFormat
 from storage.catalog import ImageCatalog
 from storage.factory import make_store, start_expiry
@@ -110,7 +111,10 @@ class Ingress:
                 return await self._generate_observed(model, job, spec, sink)
             pixels = self.models[model.id].generate.remote(job)
             encoded = self.encoder.encode.remote(pixels, spec)
-            return await self.within_deadline(pixels, encoded)
+            work = self.within_deadline(pixels, encoded)
+            if model.deployment.scales_to_zero() and await self._is_cold(model):
+                return await guard_cold_start(model, work, self._running_now)
+            return await work
         except Exception as exc:
             # A full queue while the model has no running replica is a cold start
             # (503), not an overload of busy replicas (429): see errors.ERROR_TABLE.
@@ -183,6 +187,9 @@ class Ingress:
         except Exception:  # noqa: BLE001 - the overload answer (429) still stands
             logger.warning("could not count replicas of %s", model.id, exc_info=True)
             return False
+
+    async def _running_now(self, model: ModelConfig) -> int:
+        return await self._count_replicas(model.deployment_name())
 
     async def running_replicas(self, model: ModelConfig) -> int:
         """RUNNING replicas of a model's deployment, cached briefly (a burst of

@@ -16,6 +16,8 @@ import openai
 
 from tests.support.images import decode_b64
 from tests.support.scaling_app import (
+    HUGE,
+    HUGE_CPUS,
     MAX_QUEUED,
     MODEL,
     ON_DEMAND,
@@ -73,3 +75,20 @@ def test_cold_start_queues_then_sheds_past_max_queued_requests(scaling_url: str)
         assert error["type"] == "service_unavailable_error"
         assert error["code"] == "model_cold_start"
     assert asleep(SPARE)
+
+
+def test_a_model_the_cluster_cannot_place_is_a_503_naming_what_it_lacks(
+    scaling_url: str,
+) -> None:
+    """Its replica asks for more CPUs than the cluster has: after its cold-start timeout
+    the request is a 503 with Retry-After and the missing resources, not a hang."""
+    started = time.monotonic()
+    with httpx.Client(base_url=scaling_url, timeout=60) as session:
+        response = session.post("/v1/images/generations", json={**BODY, "model": HUGE})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "7"
+    error = response.json()["error"]
+    assert error["code"] == "model_unschedulable"
+    assert f"CPU={HUGE_CPUS}" in error["message"] and "CPU (needs" in error["message"]
+    assert time.monotonic() - started < 30
+    assert running(deployment(HUGE)) == 0

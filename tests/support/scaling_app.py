@@ -23,6 +23,8 @@ SCALING_PREFIX = "/scaling"
 MODEL = "tiny-sdxl"  # always on: autoscales 1..2 on queue depth
 ON_DEMAND = "tiny-sdxl-4step"  # scales to zero
 SPARE = "tiny-sdxl-4step-spare"  # test-only copy of ON_DEMAND: must stay asleep
+HUGE = "tiny-sdxl-huge"  # test-only copy of ON_DEMAND asking for more CPUs than exist
+HUGE_CPUS = 64
 MAX_QUEUED = 4  # ON_DEMAND's max_queued_requests here
 
 FAST = {
@@ -67,6 +69,10 @@ def scaling_args(args: dict[str, Any], image_dir: str) -> dict[str, Any]:
     spare = copy.deepcopy(on_demand)
     spare.update(id=SPARE, aliases=[])
     args["models"].append(spare)
+    huge = copy.deepcopy(on_demand)
+    huge.update(id=HUGE, aliases=[], cold_start_timeout_s=3.0, cold_start_retry_after_s=7)
+    huge["deployment"]["ray_actor_options"] = {"num_cpus": HUGE_CPUS}
+    args["models"].append(huge)
     args["encoder"]["deployment"] = {
         "max_ongoing_requests": 8,
         "ray_actor_options": {"num_cpus": 0.05},

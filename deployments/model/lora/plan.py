@@ -36,11 +36,10 @@ class LayerDelta:
     scale: float
     conv: bool
 
-    def __call__(self, x: torch.Tensor, module: Any) -> torch.Tensor:
+    def apply_conv(self, x: torch.Tensor, module: Any) -> torch.Tensor:
+        """The delta of a ``Conv2d`` layer (linear layers go through the stacked plan)."""
         import torch.nn.functional as F
 
-        if not self.conv:
-            return F.linear(F.linear(x, self.down), self.up)
         hidden = F.conv2d(
             x, self.down, stride=module.stride, padding=module.padding, dilation=module.dilation
         )
@@ -189,6 +188,6 @@ def apply(plan: Plan, module_name: str, module: Any, x: Any, output: Any) -> Any
         return None
     out = output
     for delta, index, factors in entries:
-        d = delta(x.index_select(0, index), module)
+        d = delta.apply_conv(x.index_select(0, index), module)
         out = out.index_add(0, index, d * factors.reshape((-1,) + (1,) * (d.ndim - 1)))
     return out
