@@ -45,9 +45,9 @@ MODES = ("none", "one", "four")
 def body(mode: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
     loras: list[dict[str, Any]] = []
     if mode == "one":
-        loras = [{"path": DEMOS[0], "scale": 1.0}]
+        loras = [{"path": getattr(args, "demos", DEMOS)[0], "scale": 1.0}]
     elif mode == "four":
-        loras = [{"path": DEMOS[index % 4], "scale": 1.0}]
+        loras = [{"path": getattr(args, "demos", DEMOS)[index % 4], "scale": 1.0}]
     return {
         "model": "tiny-sdxl",
         "prompt": "a lighthouse at dusk",
@@ -124,14 +124,29 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
 
     from common.job import GenerationJob, LoraRef
     from common.model_config import ModelConfig
+    from deployments.model.families.registry import load_family
+    from deployments.model.lora.bank import bank_for
     from deployments.model.request_mode.batching import group_jobs
     from deployments.model.request_mode.engine import DiffusersEngine
+    from deployments.model.scheduler.runner import StepRunner
 
     folder = Path(tempfile.mkdtemp(prefix="lora-bench-"))
-    config = {"id": "tiny-sdxl", "source": "builtin:tiny-sdxl", "torch_threads": args.threads}
-    config["loras"] = {"dirs": [str(folder)]}
-    engine = DiffusersEngine(ModelConfig.model_validate(config))
-    assert engine.loras is not None
+    config = ModelConfig.model_validate(
+        {
+            "id": args.model,
+            "source": f"builtin:{args.model}",
+            "torch_threads": args.threads,
+            "size_multiple": 16,
+            "loras": {"dirs": [str(folder)]},
+        }
+    )
+    engine = DiffusersEngine(config) if args.path == "pipeline" else None
+    family = engine.family if engine is not None else load_family(config)
+    bank = engine.loras if engine is not None else None
+    bank = bank or bank_for(config, family.denoiser, family.parse_lora, family.demo_loras)
+    assert bank is not None
+    args.demos = family.demo_loras
+    runner = StepRunner(family, bank.rows)
 
     def jobs(mode: str) -> list[GenerationJob]:
         out = []
@@ -139,7 +154,7 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
             loras = [
                 LoraRef(lo["path"], lo["scale"]) for lo in body(mode, index, args)["image_loras"]
             ]
-            gen = args.size // 8
+            gen = args.size // 8 // 16 * 16
             out.append(
                 GenerationJob(
                     f"{mode}-{index}",
@@ -149,20 +164,18 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
                     gen,
                     gen,
                     args.steps,
-                    5.0,
+                    args.guidance,
                     loras=tuple(loras),
                 )
             )
         return out
 
-    runner = engine.step_runner()
-
     def call(mode: str) -> float:
         batch = jobs(mode)
         for job in batch:
-            engine.loras.ensure(job.loras)
+            bank.ensure(job.loras)
         started = time.perf_counter()
-        if args.path == "pipeline":
+        if engine is not None:
             (group,) = group_jobs(batch)
             engine.generate(group)
         else:  # the step loop's own primitives, one tick per denoising step
@@ -189,12 +202,12 @@ def run_engine(args: argparse.Namespace) -> dict[str, Any]:
                     "failures": 0,
                 }
             )
-    shutil.copy(folder / f"{DEMOS[0]}.safetensors", folder / "fresh.safetensors")
-    engine.loras.registry.refresh()
+    shutil.copy(folder / f"{args.demos[0]}.safetensors", folder / "fresh.safetensors")
+    bank.registry.refresh()
     started = time.perf_counter()
-    engine.loras.ensure((LoraRef("fresh"),))
+    bank.ensure((LoraRef("fresh"),))
     ensure_ms = (time.perf_counter() - started) * 1000
-    load = {"replica_load_ms": engine.loras.loaded()["fresh"].load_ms, "ensure_ms": ensure_ms}
+    load = {"replica_load_ms": bank.loaded()["fresh"].load_ms, "ensure_ms": ensure_ms}
     shutil.rmtree(folder, ignore_errors=True)
     return summarize(args, raw, load, {})
 
@@ -269,6 +282,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="engine: torch threads")
     parser.add_argument(
+        "--model",
+        default="tiny-sdxl",
+        choices=["tiny-sdxl", "tiny-flux", "tiny-qwen-image"],
+        help="engine: which built-in family",
+    )
+    parser.add_argument("--guidance", type=float, default=5.0, help="engine: guidance")
+    parser.add_argument(
         "--path", choices=["step", "pipeline"], default="step", help="engine: which loop"
     )
     parser.add_argument("--rounds", type=int, default=4)
@@ -283,7 +303,7 @@ def main() -> None:
         f"--{k} {v}"
         for k, v in vars(args).items()
         if k not in ("port", "loadavg_before")
-        and not (args.mode == "http" and k in ("threads", "path"))  # engine-only options
+        and not (args.mode == "http" and k in ("threads", "path", "model", "guidance"))
     )
     if args.mode == "engine":
         result = run_engine(args)

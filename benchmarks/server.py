@@ -47,7 +47,7 @@ def _one_replica(options: dict[str, Any], max_ongoing: int) -> dict[str, Any]:
 
 def model_config(config: Path, model_id: str | None = None) -> dict[str, Any]:
     """A model entry of ``config``: the one named ``model_id`` (id or alias), or the first."""
-    models = app_args(config)["models"]
+    models = yaml.safe_load(config.read_text())["applications"][0]["args"]["models"]
     if model_id is None:
         return models[0]
     for model in models:
