@@ -203,7 +203,11 @@ class ModelConfig(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(
-        default=None, ge=1, description="Pin torch intra-op threads (determinism on CPU)."
+        default=None,
+        ge=1,
+        description="Torch intra-op threads of the replica. Unset: the replica's "
+        "ray_actor_options.num_cpus rounded down (at least 1), so torch and Ray's own "
+        "processes do not oversubscribe a node; on GPU replicas it only feeds the CPU side.",
     )
     default_steps: int = Field(default=30, ge=1)
     max_steps: int = Field(default=100, ge=1)
@@ -271,6 +275,14 @@ class ModelConfig(StrictModel):
                 "never fill"
             )
         return self
+
+    def threads(self) -> int:
+        """``torch_threads``, or the replica's CPU reservation rounded down (Serve's
+        default reservation is 1 CPU)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        options = self.deployment.ray_actor_options or {}
+        return max(1, int(float(options.get("num_cpus", 1))))
 
     def known_family(self) -> FamilyName | None:
         """The family, from the config or from the source without a download (or None)."""

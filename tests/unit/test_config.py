@@ -126,3 +126,14 @@ def test_deployment_name_is_safe() -> None:
         ModelConfig.model_validate(tiny(id="org/model:v1")).deployment_name()
         == "Model:org_model_v1"
     )
+
+
+def test_torch_threads_follow_the_replica_cpus_unless_set() -> None:
+    def config(**kw: object) -> ModelConfig:
+        return ModelConfig.model_validate(tiny(**kw))
+
+    assert config().threads() == 1  # Serve reserves 1 CPU by default
+    assert config(deployment={"ray_actor_options": {"num_cpus": 4}}).threads() == 4
+    assert config(deployment={"ray_actor_options": {"num_cpus": 2.5}}).threads() == 2
+    assert config(deployment={"ray_actor_options": {"num_cpus": 0.25}}).threads() == 1
+    assert config(torch_threads=3, deployment={"ray_actor_options": {"num_cpus": 8}}).threads() == 3

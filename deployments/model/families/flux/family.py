@@ -76,7 +76,7 @@ class FluxFamily:
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.torch_threads = config.torch_threads
+        self.torch_threads = config.threads()
         self.pin_threads()
         self.pipe = load_pipeline(config, "FluxPipeline", {TINY_FLUX: ensure_tiny_flux})
         self.device = self.pipe.device

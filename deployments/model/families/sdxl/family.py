@@ -50,7 +50,7 @@ class SdxlFamily:
         import torch
 
         self.config = config
-        self.torch_threads = config.torch_threads
+        self.torch_threads = config.threads()
         self.pin_threads()
         pipe = load_pipeline(config, "StableDiffusionXLPipeline", {TINY_SDXL: ensure_tiny_sdxl})
         if config.unet_weights:
