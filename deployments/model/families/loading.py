@@ -95,6 +95,34 @@ def load_pipeline(
     return pipe.to(device)
 
 
+def build_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``root/name``, built by ``build(folder)`` the first time (a ``save_pretrained``).
+
+    The build is written to a temporary sibling and renamed into place, so replicas
+    that start together never load a half-written folder; a replica that loses the
+    race keeps the winner's identical copy.
+    """
+    import shutil
+    import tempfile
+
+    target = root / name
+    if (target / "model_index.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def to_uint8(images: Any) -> tuple[Any, Any]:
     """Floats in [0, 1] ``(B, H, W, 3)`` -> uint8, and a finite flag per image."""
     import numpy as np

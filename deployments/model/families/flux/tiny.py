@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common.paths import default_cache_root
+from deployments.model.families.loading import build_once
 from deployments.model.families.sdxl.tiny import byte_level_vocab
 
 TINY_FLUX = "tiny-flux"
@@ -123,23 +122,11 @@ def build_tiny_flux_components() -> dict[str, Any]:
 
 
 def ensure_tiny_flux(cache_root: Path | None = None) -> Path:
-    """The tiny FLUX folder in ``save_pretrained`` layout, built once (staged + renamed)."""
+    """The tiny FLUX folder in ``save_pretrained`` layout, built once."""
     from diffusers import FluxPipeline
 
+    def build(folder: Path) -> None:
+        FluxPipeline(**build_tiny_flux_components()).save_pretrained(folder)
+
     root = cache_root or default_cache_root()
-    target = root / f"{TINY_FLUX}-{recipe_fingerprint()}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_FLUX}-", dir=root))
-    try:
-        FluxPipeline(**build_tiny_flux_components()).save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(root, f"{TINY_FLUX}-{recipe_fingerprint()}", build)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common.paths import default_cache_root
+from deployments.model.families.loading import build_once
 
 BUILTIN_PREFIX = "builtin:"
 TINY_SDXL = "tiny-sdxl"
@@ -134,32 +133,14 @@ def build_tiny_sdxl_components() -> dict[str, Any]:
 
 
 def ensure_tiny_sdxl(cache_root: Path | None = None) -> Path:
-    """Return a folder holding the tiny SDXL in ``save_pretrained`` layout, building it once.
-
-    The build is written to a temporary sibling and renamed into place, so replicas
-    that start together never load a half-written folder.
-    """
+    """Return a folder holding the tiny SDXL in ``save_pretrained`` layout, building it once."""
     from diffusers import StableDiffusionXLPipeline
 
+    def build(folder: Path) -> None:
+        StableDiffusionXLPipeline(**build_tiny_sdxl_components()).save_pretrained(folder)
+
     root = cache_root or default_cache_root()
-    target = root / f"{TINY_SDXL}-{recipe_fingerprint()}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_SDXL}-", dir=root))
-    try:
-        pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components())
-        pipe.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process won the race; its copy is identical.
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(root, f"{TINY_SDXL}-{recipe_fingerprint()}", build)
 
 
 def resolve_builtin(source: str, cache_root: Path | None = None) -> Path:
