@@ -218,7 +218,11 @@ class ModelConfig(StrictModel):
     generation_scale: float = Field(
         default=1.0, gt=0.0, le=1.0, description="Generate buckets scaled by this factor."
     )
-    size_multiple: int = Field(default=8, ge=1, description="Generated sides snap to this.")
+    size_multiple: int = Field(
+        default=8,
+        ge=1,
+        description="Generated sides snap to this (16 by default for flux and qwen_image).",
+    )
     max_pixels: int = Field(
         default=2_097_152,
         ge=64 * 64,
@@ -247,6 +251,16 @@ class ModelConfig(StrictModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     loras: LoraConfig = Field(default_factory=LoraConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """Flow families pack 2x2 latent patches: their sides default to multiples of 16."""
+        if isinstance(data, dict) and "size_multiple" not in data and "source" in data:
+            family = data.get("family") or infer_family(str(data["source"]))
+            if family in ("flux", "qwen_image"):
+                data = {**data, "size_multiple": 16}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 import together
+from imagine import ImagineClient
 from PIL import Image
 
 from tests.support.http import webui_auth
@@ -67,6 +69,42 @@ def test_together_free_size_guidance_and_lora(base_url: str) -> None:
     assert mean_diff(plain, image(guidance_scale=8.0)) > 1.0  # the guidance embedding
     adapted = image(guidance_scale=3.5, image_loras=[{"path": "flux-demo-1", "scale": 1.0}])
     assert mean_diff(plain, adapted) > 1.0
+
+
+def test_rows_joined_mid_flight_with_mixed_loras_equal_each_alone(base_url: str) -> None:
+    """Requests with different adapters and step counts share denoiser calls; each one's
+    image is what it gets alone (within the CPU's batch tolerance)."""
+    client = together.Together(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
+    cases = [
+        {"seed": 31, "steps": 12, "image_loras": [{"path": "flux-demo-1", "scale": 1.0}]},
+        {"seed": 32, "steps": 6, "image_loras": [{"path": "flux-demo-2", "scale": 0.7}]},
+        {"seed": 33, "steps": 9},
+    ]
+
+    def image(case: dict[str, Any]) -> Image.Image:
+        response = client.images.generate(
+            model=FLUX, prompt="a lighthouse", width=256, height=256, **case
+        )
+        return decode_b64(response.data[0].b64_json)
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        together_ = list(pool.map(image, cases))
+    for case, joined in zip(cases, together_, strict=True):
+        assert mean_diff(joined, image(case)) <= 1.0, case
+
+
+def test_demo_adapters_are_listed_per_family(http: httpx.Client) -> None:
+    flux = {item["name"] for item in http.get("/v1/loras", params={"model": FLUX}).json()["data"]}
+    assert {f"flux-demo-{i}" for i in range(1, 5)} <= flux
+    assert "demo-1" not in flux  # SDXL's adapters live in another folder
+
+
+def test_imagine_sdk_reaches_the_flux_family(base_url: str) -> None:
+    client = ImagineClient(endpoint=f"{base_url}/v1", api_key="unused", max_retries=1, timeout=300)
+    result = client.images_generate(
+        prompt="a boat", model=FLUX, n=2, seed=5, num_inference_steps=4, size="256x256"
+    )
+    assert [decode_b64(item.b64_json).size for item in result.data] == [(256, 256)] * 2
 
 
 def test_streamed_previews_then_the_final(flux_client: openai.OpenAI) -> None:
