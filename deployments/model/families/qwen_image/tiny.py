@@ -79,6 +79,9 @@ _VAE = {
     "num_res_blocks": 1,
     "temperal_downsample": [False, True, True],
 }
+# The decoder's last conv is scaled up so the noise images span the uint8 range (about
+# 65 levels of std instead of 15): a 1/255 faithfulness tolerance then means something.
+_DECODER_GAIN = 4.0
 # Qwen/Qwen-Image's scheduler config.
 _SCHEDULER = {
     "base_image_seq_len": 256,
@@ -98,7 +101,7 @@ def recipe_fingerprint() -> str:
     blob = json.dumps(
         [
             _RECIPE_VERSION, _SEED, SPECIAL_TOKENS, TEMPLATE_WORDS,
-            _TEXT, _VISION, _TRANSFORMER, _VAE, _SCHEDULER,
+            _TEXT, _VISION, _TRANSFORMER, _VAE, _DECODER_GAIN, _SCHEDULER,
         ],
         sort_keys=True,
     )  # fmt: skip
@@ -168,11 +171,16 @@ def build_tiny_qwen_image_components() -> dict[str, Any]:
         video_token_id=ids["<|video_pad|>"],
     )
     torch.manual_seed(_SEED)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    transformer = QwenImageTransformer2DModel(**_TRANSFORMER)
+    vae = AutoencoderKLQwenImage(**_VAE)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(_DECODER_GAIN)
     return {
-        "text_encoder": Qwen2_5_VLForConditionalGeneration(config).eval(),
+        "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "transformer": QwenImageTransformer2DModel(**_TRANSFORMER),
-        "vae": AutoencoderKLQwenImage(**_VAE),
+        "transformer": transformer,
+        "vae": vae,
         "scheduler": FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
     }
 
