@@ -91,6 +91,13 @@ class QwenImageFamily:
                 param="sampler_name",
                 code="unsupported_sampler",
             )
+        if job.steps < 2 and self.pipe.scheduler.config.get("shift_terminal"):
+            raise invalid(
+                f"steps={job.steps}: Qwen-Image's schedule is stretched to end at "
+                "shift_terminal, which needs at least 2 steps (1 step gives NaN sigmas).",
+                param="steps",
+                code="unsupported_value",
+            )
         if job.deep_cache_interval is not None:
             raise invalid(
                 "cache_interval (DeepCache) needs a UNet; the qwen_image family has a transformer.",
