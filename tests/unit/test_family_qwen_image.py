@@ -316,6 +316,18 @@ def test_previews_are_latent_sized_rgb(runner: StepRunner) -> None:
     assert preview.shape == (2, SIZE // 8, SIZE // 8, 3) and preview.dtype == np.uint8
 
 
+def test_rows_share_a_call_only_on_the_same_latent_grid(runner: StepRunner) -> None:
+    """Position ids come from the grid: equal token counts of another shape never mix."""
+
+    def key(width: int, height: int) -> Any:
+        j = GenerationJob("k", "p", None, (1,), width, height, STEPS, 1.0)
+        return runner.admit(j, None)[0].tick_key
+
+    assert key(64, 64) == key(64, 64)
+    assert key(64, 128) != key(128, 64)  # both 32 tokens
+    assert key(64, 64) != key(128, 128)
+
+
 def test_text_of_different_lengths_pads_with_a_mask() -> None:
     short, long = torch.ones(1, 3, 4), torch.ones(1, 5, 4)
     embeds, mask = pad_texts([(short, None), (long, None)])
