@@ -23,6 +23,7 @@ from PIL import Image
 from common.errors import APIError
 from common.job import GenerationJob, LoraRef, SchedulerSpec
 from common.model_config import ModelConfig
+from deployments.model.families.qwen_image import tiny
 from deployments.model.families.qwen_image.family import QwenImageFamily, pad_texts
 from deployments.model.families.qwen_image.tiny import (
     TEMPLATE_PREFIX_TOKENS,
@@ -342,6 +343,14 @@ def test_the_tiny_tokenizer_drops_exactly_the_template_prefix(family: QwenImageF
     prefix = pipe.prompt_template_encode.split("{}")[0]
     assert len(pipe.tokenizer(prefix)["input_ids"]) == TEMPLATE_PREFIX_TOKENS
     assert pipe.prompt_template_encode_start_idx == TEMPLATE_PREFIX_TOKENS
+
+
+def test_building_the_tiny_model_leaves_its_recipe_fingerprint_alone() -> None:
+    """transformers rewrites nested config dicts in place; the recipe must not follow."""
+    before = tiny.recipe_fingerprint()
+    tiny.build_tiny_qwen_image_components()
+    assert tiny.recipe_fingerprint() == before
+    assert tiny.ensure_tiny_qwen_image().name.endswith(before)
 
 
 @pytest.mark.parametrize(

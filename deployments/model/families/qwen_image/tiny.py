@@ -18,14 +18,14 @@ expects of the real tokenizer. Like the other tiny models it is written once wit
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from common.paths import default_cache_root
+from deployments.model.families.loading import build_once
 
 TINY_QWEN_IMAGE = "tiny-qwen-image"
 _RECIPE_VERSION = 1
@@ -151,11 +151,16 @@ def build_tiny_qwen_image_components() -> dict[str, Any]:
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    # Deep copies: transformers standardises nested config dicts (rope_scaling) in place,
+    # which would change the recipe, and so the fingerprint, after the first build.
+    text, vision, transformer_config, vae_config = copy.deepcopy(
+        (_TEXT, _VISION, _TRANSFORMER, _VAE)
+    )
     tokenizer = build_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     vocab_size = len(tokenizer)
     text_config = {
-        **_TEXT,
+        **text,
         "vocab_size": vocab_size,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
@@ -163,7 +168,7 @@ def build_tiny_qwen_image_components() -> dict[str, Any]:
     }
     config = Qwen2_5_VLConfig(
         text_config=text_config,
-        vision_config={**_VISION, "out_hidden_size": _TEXT["hidden_size"]},
+        vision_config={**vision, "out_hidden_size": _TEXT["hidden_size"]},
         vocab_size=vocab_size,
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
@@ -172,8 +177,8 @@ def build_tiny_qwen_image_components() -> dict[str, Any]:
     )
     torch.manual_seed(_SEED)
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
-    transformer = QwenImageTransformer2DModel(**_TRANSFORMER)
-    vae = AutoencoderKLQwenImage(**_VAE)
+    transformer = QwenImageTransformer2DModel(**transformer_config)
+    vae = AutoencoderKLQwenImage(**vae_config)
     with torch.no_grad():
         vae.decoder.conv_out.weight.mul_(_DECODER_GAIN)
     return {
@@ -181,33 +186,16 @@ def build_tiny_qwen_image_components() -> dict[str, Any]:
         "tokenizer": tokenizer,
         "transformer": transformer,
         "vae": vae,
-        "scheduler": FlowMatchEulerDiscreteScheduler(**_SCHEDULER),
+        "scheduler": FlowMatchEulerDiscreteScheduler(**dict(_SCHEDULER)),
     }
 
 
 def ensure_tiny_qwen_image(cache_root: Path | None = None) -> Path:
-    """The tiny Qwen-Image folder in ``save_pretrained`` layout, built once.
-
-    The build is written to a temporary sibling and renamed into place, so replicas
-    that start together never load a half-written folder.
-    """
+    """The tiny Qwen-Image folder in ``save_pretrained`` layout, built once."""
     from diffusers import QwenImagePipeline
 
+    def build(folder: Path) -> None:
+        QwenImagePipeline(**build_tiny_qwen_image_components()).save_pretrained(folder)
+
     root = cache_root or default_cache_root()
-    target = root / f"{TINY_QWEN_IMAGE}-{recipe_fingerprint()}"
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_QWEN_IMAGE}-", dir=root))
-    try:
-        QwenImagePipeline(**build_tiny_qwen_image_components()).save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process won the race; its copy is identical.
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(root, f"{TINY_QWEN_IMAGE}-{recipe_fingerprint()}", build)
