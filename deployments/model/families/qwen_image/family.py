@@ -198,8 +198,9 @@ class QwenImageFamily:
             latents = self._unpacked(cast(Sequence[FlowRow], rows)).to(vae.dtype)
             shape = (1, vae.config.z_dim, 1, 1, 1)
             mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
-            std = torch.tensor(vae.config.latents_std).view(shape).to(latents)
-            image = vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
+            # The pipeline divides by 1/std (not multiplies by std): the same floats.
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents)
+            image = vae.decode(latents / inv_std + mean, return_dict=False)[0][:, :, 0]
             images = self.pipe.image_processor.postprocess(image, output_type="np")
         return to_uint8(images)
 
