@@ -214,7 +214,8 @@ def test_a1111_open_webui_flow(http: httpx.Client) -> None:
     # Settings page: verify the URL, list models, read and set the checkpoint.
     assert http.get("/sdapi/v1/options", headers=auth).status_code == 200
     models = http.get("/sdapi/v1/sd-models", headers=auth).json()
-    assert [m["model_name"] for m in models] == ["tiny-sdxl", "tiny-sdxl-4step", "tiny-flux"]
+    names = ["tiny-sdxl", "tiny-sdxl-4step", "tiny-flux", "tiny-qwen-image"]
+    assert [m["model_name"] for m in models] == names
     assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
     options = http.get("/sdapi/v1/options", headers=auth).json()
     options["sd_model_checkpoint"] = models[0]["title"]

@@ -27,7 +27,7 @@ from tests.support.http import webui_auth
 from tests.support.images import assert_close, decode_b64, pixels
 
 # (model id, family, demo adapter prefix)
-FAMILIES = [("tiny-flux", "flux", "flux-demo")]
+FAMILIES = [("tiny-flux", "flux", "flux-demo"), ("tiny-qwen-image", "qwen_image", "qwen-demo")]
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f[1] for f in FAMILIES])

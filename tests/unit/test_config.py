@@ -50,13 +50,14 @@ def test_serve_config_yaml_is_valid() -> None:
         )
         for key in ("min_replicas", "max_replicas", "target_ongoing_requests")
     ]
-    assert bounds == [1, 2, 16, 0, 2, 16, 0, 2, 16, 1, 4, 8, 1, 4, 64]
+    assert bounds == [1, 2, 16, 0, 2, 16, 0, 2, 16, 0, 2, 16, 1, 4, 8, 1, 4, 64]
     # Several models, each with its own defaults; all but the first scale to zero.
-    always_on, on_demand, flux = args.models
+    always_on, on_demand, flux, qwen = args.models
     assert not always_on.deployment.scales_to_zero() and on_demand.deployment.scales_to_zero()
     assert (on_demand.default_steps, on_demand.default_guidance) == (4, 0.0)
     assert args.model_names()["tiny-fast"] == on_demand.id
     assert flux.known_family() == "flux" and flux.deployment.scales_to_zero()
+    assert qwen.known_family() == "qwen_image" and qwen.deployment.scales_to_zero()
     # Every default model fits a 2-core machine at once (one replica each).
     cpus = sum(
         (options.ray_actor_options or {}).get("num_cpus", 1)
