@@ -24,16 +24,11 @@ from common.errors import invalid
 from common.job import GenerationJob
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row, TickCache
-from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
-from deployments.model.families.flow_match import (
-    FlowRow,
-    latent_rgb_preview,
-    row_scheduler,
-    start_at_strength,
-    step_row,
-)
+from deployments.model.families.derived import DerivedPipelines
+from deployments.model.families.flow_match import FlowRow
 from deployments.model.families.flux.tiny import TINY_FLUX, ensure_tiny_flux
-from deployments.model.families.loading import load_pipeline, pin_threads, to_uint8
+from deployments.model.families.loading import load_pipeline, to_uint8
+from deployments.model.families.packed_flow import PackedFlowFamily
 from deployments.model.lora.parse import LoadedAdapter, parse_adapter, split_prefix
 
 if TYPE_CHECKING:
@@ -63,10 +58,12 @@ class FluxPrompt:
     text_ids: torch.Tensor  # (L, 3)
 
 
-class FluxFamily:
+class FluxFamily(PackedFlowFamily):
     """A loaded ``FluxPipeline`` and its step primitives."""
 
     name: ClassVar[str] = "flux"
+    latent_rgb = FLUX_LATENT_RGB
+    latent_rgb_bias = FLUX_LATENT_RGB_BIAS
     demo_loras: ClassVar[tuple[str, ...]] = (
         "flux-demo-1",
         "flux-demo-2",
@@ -83,13 +80,6 @@ class FluxFamily:
         self.pipelines = DerivedPipelines(self.pipe, FLUX_PIPELINES)
         self.max_sequence_length = min(512, int(self.pipe.tokenizer_2.model_max_length))
         self._image_ids: dict[tuple[int, int], Any] = {}
-
-    @property
-    def denoiser(self) -> Any:
-        return self.pipe.transformer
-
-    def pin_threads(self) -> None:
-        pin_threads(self.torch_threads)
 
     def check(self, job: GenerationJob) -> None:
         if job.scheduler is not None and (
@@ -138,51 +128,14 @@ class FluxFamily:
         pipe, h, w = self.pipe, job.gen_height, job.gen_width
         channels = pipe.transformer.config.in_channels // 4
         dtype = prompt.embeds.dtype
-        seq_len = (h // pipe.vae_scale_factor // 2) * (w // pipe.vae_scale_factor // 2)
-        scheduler = row_scheduler(pipe.scheduler, job.steps, seq_len, self.device, calculate_shift)
-        row = FlowRow(
-            owner=owner,
-            index=index,
-            total=len(scheduler.timesteps),
-            loras=job.loras,
-            scheduler=scheduler,
-            timesteps=scheduler.timesteps,
-            latents=None,  # type: ignore[arg-type]
-            height=h,
-            width=w,
-            guidance=job.guidance,
-            prompt=prompt,
-        )
+        row = self.new_row(job, owner, index, prompt, calculate_shift)
         if job.mode == "txt2img":
-            scheduler.set_begin_index(0)
+            row.scheduler.set_begin_index(0)
             row.latents, _ = pipe.prepare_latents(
                 1, channels, h, w, dtype, self.device, generator, None
             )
             return row
-        derived = self.pipelines.for_mode(job.mode)
-        saved, derived.scheduler = derived.scheduler, scheduler
-        try:
-            row.timesteps = start_at_strength(scheduler, job.steps, job.strength or 1.0)
-            row.total = len(row.timesteps)
-            start = row.timesteps[:1].repeat(1)
-            init = derived.image_processor.preprocess(
-                rgb_image(job.init_image), height=h, width=w
-            ).to(dtype=_float32())
-            if job.mode == "img2img":
-                row.latents, _ = derived.prepare_latents(
-                    init, start, 1, channels, h, w, dtype, self.device, generator
-                )
-                return row
-            mask = derived.mask_processor.preprocess(gray_image(job.mask), height=h, width=w)
-            row.latents, row.noise, row.image_latents, _ = derived.prepare_latents(
-                init, start, 1, channels, h, w, dtype, self.device, generator
-            )
-            row.mask, _ = derived.prepare_mask_latents(
-                mask, init * (mask < 0.5), 1, channels, 1, h, w, dtype, self.device, generator
-            )
-            return row
-        finally:
-            derived.scheduler = saved
+        return self.start_from_image(row, job, generator, channels, dtype)
 
     # -- a tick -------------------------------------------------------------------
 
@@ -223,38 +176,12 @@ class FluxFamily:
             self._image_ids[key] = ids
         return ids
 
-    def step(self, row: Row, prediction: Any) -> None:
-        step_row(cast(FlowRow, row), prediction)
-
-    def new_cache(self, interval: int) -> TickCache:
-        raise ValueError("the flux family has no feature cache (check() refuses cache_interval)")
-
-    # -- outputs --------------------------------------------------------------------
-
-    def _unpacked(self, rows: Sequence[FlowRow]) -> Any:
-        import torch
-
-        first = rows[0]
-        latents = torch.cat([row.latents for row in rows])
-        return self.pipe._unpack_latents(
-            latents, first.height, first.width, self.pipe.vae_scale_factor
-        )
-
-    def preview(self, rows: Sequence[Row]) -> np.ndarray:
-        mine = cast(Sequence[FlowRow], rows)
-        return np.concatenate(
-            [
-                latent_rgb_preview(self._unpacked([row]), FLUX_LATENT_RGB, FLUX_LATENT_RGB_BIAS)
-                for row in mine
-            ]
-        )
-
     def decode(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         vae = self.pipe.vae
         with torch.inference_mode():
-            latents = self._unpacked(cast(Sequence[FlowRow], rows))
+            latents = self.unpacked(rows)
             latents = latents / vae.config.scaling_factor + vae.config.shift_factor
             image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
             images = self.pipe.image_processor.postprocess(image, output_type="np")
@@ -272,9 +199,3 @@ def _read_flux_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     state, alphas = (result[0], result[1]) if isinstance(result, tuple) else (result, None)
     mine, ignored = split_prefix(state, "transformer.", ("text_encoder.", "text_encoder_2."))
     return mine, dict(alphas or {}), ignored
-
-
-def _float32() -> Any:
-    import torch
-
-    return torch.float32

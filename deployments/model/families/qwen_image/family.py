@@ -23,13 +23,15 @@ from typing import Any, ClassVar, cast
 import numpy as np
 
 from common.errors import invalid
+from common.families import BUILTIN_DEMO_LORAS
 from common.job import GenerationJob
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row, TickCache
 from deployments.model.families.derived import DerivedPipelines
-from deployments.model.families.flow_match import FlowRow, latent_rgb_preview, step_row
-from deployments.model.families.loading import load_pipeline, pin_threads, to_uint8
-from deployments.model.families.qwen_image.rows import QwenPrompt, encode_job_prompt, make_row
+from deployments.model.families.flow_match import FlowRow
+from deployments.model.families.loading import load_pipeline, to_uint8
+from deployments.model.families.packed_flow import PackedFlowFamily
+from deployments.model.families.qwen_image.rows import QwenPrompt, encode_job_prompt
 from deployments.model.families.qwen_image.tiny import TINY_QWEN_IMAGE, ensure_tiny_qwen_image
 from deployments.model.lora.parse import LoadedAdapter, parse_adapter, split_prefix
 
@@ -48,20 +50,17 @@ QWEN_LATENT_RGB_BIAS = (-0.1835, -0.0868, -0.3360)
 EULER = "EulerDiscreteScheduler"
 
 
-class QwenImageFamily:
+class QwenImageFamily(PackedFlowFamily):
     """A loaded ``QwenImagePipeline`` and its step primitives."""
 
     name: ClassVar[str] = "qwen_image"
-    demo_loras: ClassVar[tuple[str, ...]] = (
-        "qwen-demo-1",
-        "qwen-demo-2",
-        "qwen-demo-3",
-        "qwen-demo-4",
-    )
+    latent_rgb = QWEN_LATENT_RGB
+    latent_rgb_bias = QWEN_LATENT_RGB_BIAS
+    demo_loras: ClassVar[tuple[str, ...]] = BUILTIN_DEMO_LORAS[TINY_QWEN_IMAGE]
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.torch_threads = config.torch_threads
+        self.torch_threads = config.threads()
         self.pin_threads()
         pipe = load_pipeline(config, "QwenImagePipeline", {TINY_QWEN_IMAGE: ensure_tiny_qwen_image})
         if pipe.transformer.config.guidance_embeds:
@@ -72,13 +71,6 @@ class QwenImageFamily:
         self.pipe = pipe
         self.device = pipe.device
         self.pipelines = DerivedPipelines(pipe, QWEN_PIPELINES)
-
-    @property
-    def denoiser(self) -> Any:
-        return self.pipe.transformer
-
-    def pin_threads(self) -> None:
-        pin_threads(self.torch_threads)
 
     def check(self, job: GenerationJob) -> None:
         if job.scheduler is not None and (
@@ -115,9 +107,7 @@ class QwenImageFamily:
             rows: list[Row] = []
             for index, seed in enumerate(job.seeds):
                 generator = torch.Generator("cpu").manual_seed(seed)
-                rows.append(
-                    make_row(self.pipelines, job, owner, index, generator, prompt, self.device)
-                )
+                rows.append(self._row(job, owner, index, generator, prompt))
         return rows
 
     # -- a tick -------------------------------------------------------------------
@@ -160,34 +150,25 @@ class QwenImageFamily:
                 offset += row.passes
         return preds
 
-    def step(self, row: Row, prediction: Any) -> None:
-        step_row(cast(FlowRow, row), prediction)
+    def _row(
+        self, job: GenerationJob, owner: Any, index: int, generator: Any, prompt: QwenPrompt
+    ) -> FlowRow:
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 
-    def new_cache(self, interval: int) -> TickCache:
-        raise ValueError("the qwen_image family has no feature cache (check() refuses it)")
+        row = self.new_row(job, owner, index, prompt, calculate_shift)
+        row.passes = 2 if prompt.neg_embeds is not None else 1
+        channels = self.pipe.transformer.config.in_channels // 4
+        dtype = prompt.embeds.dtype
+        if job.mode == "txt2img":
+            row.scheduler.set_begin_index(0)
+            row.latents = self.pipe.prepare_latents(
+                1, channels, row.height, row.width, dtype, self.device, generator
+            )
+            return row
+        return self.start_from_image(row, job, generator, channels, dtype)
 
-    # -- outputs --------------------------------------------------------------------
-
-    def _unpacked(self, rows: Sequence[FlowRow]) -> Any:
-        """Packed rows of one size -> ``(B, 16, 1, h, w)`` latents, as the VAE takes them."""
-        import torch
-
-        first = rows[0]
-        latents = torch.cat([row.latents for row in rows])
-        return self.pipe._unpack_latents(
-            latents, first.height, first.width, self.pipe.vae_scale_factor
-        )
-
-    def preview(self, rows: Sequence[Row]) -> np.ndarray:
-        mine = cast(Sequence[FlowRow], rows)
-        return np.concatenate(
-            [
-                latent_rgb_preview(
-                    self._unpacked([row])[:, :, 0], QWEN_LATENT_RGB, QWEN_LATENT_RGB_BIAS
-                )
-                for row in mine
-            ]
-        )
+    def preview_latents(self, unpacked: Any) -> Any:
+        return unpacked[:, :, 0]  # the video VAE's single frame
 
     def decode(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
         """The pipeline's own decode: de-normalise by ``latents_mean/std``, first frame."""
@@ -195,7 +176,7 @@ class QwenImageFamily:
 
         vae = self.pipe.vae
         with torch.inference_mode():
-            latents = self._unpacked(cast(Sequence[FlowRow], rows)).to(vae.dtype)
+            latents = self.unpacked(rows).to(vae.dtype)
             shape = (1, vae.config.z_dim, 1, 1, 1)
             mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents)
             # The pipeline divides by 1/std (not multiplies by std): the same floats.
