@@ -21,6 +21,7 @@ from common.model_config import ModelConfig
 from deployments.model.families.flux.family import FluxFamily
 from deployments.model.lora.bank import bank_for
 from deployments.model.scheduler.runner import StepRunner
+from tests.support.family_images import half_mask, init_image, mean_diff, to_uint8
 
 SIZE = 64
 STEPS = 4
@@ -49,22 +50,12 @@ def job(rid: str, seed: int, guidance: float = 3.5, **kw: Any) -> GenerationJob:
     return GenerationJob(rid, "a lighthouse", None, (seed,), SIZE, SIZE, STEPS, guidance, **kw)
 
 
-def init_image(seed: int = 7) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def half_mask() -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[:, SIZE // 2 :] = 255
-    return mask
 
 
-def to_uint8(images: Any) -> np.ndarray:
-    return (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
-def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(float) - b.astype(float)).mean())
 
 
 def run_staggered(runner: StepRunner, jobs: list[GenerationJob]) -> list[np.ndarray]:

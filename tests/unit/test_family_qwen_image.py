@@ -32,6 +32,7 @@ from deployments.model.families.qwen_image.tiny import (
 from deployments.model.lora.bank import LoraBank, bank_for
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.server import ModelServer
+from tests.support.family_images import half_mask, init_image, mean_diff, to_uint8
 
 SIZE = 64
 STEPS = 4
@@ -80,22 +81,12 @@ def job(
     return GenerationJob(rid, prompt, negative, seeds, SIZE, SIZE, steps, guidance, **kw)
 
 
-def init_image(seed: int = 7) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def half_mask() -> np.ndarray:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[:, SIZE // 2 :] = 255
-    return mask
 
 
-def to_uint8(images: Any) -> np.ndarray:
-    return (np.asarray(images) * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
-def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(float) - b.astype(float)).mean())
 
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:

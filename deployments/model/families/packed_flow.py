@@ -15,6 +15,7 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 
+from common.errors import invalid
 from common.job import GenerationJob
 from deployments.model.families.base import Row, TickCache
 from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
@@ -26,6 +27,9 @@ from deployments.model.families.flow_match import (
     step_row,
 )
 from deployments.model.families.loading import pin_threads
+
+# The A1111 sampler that is these families' own sampler: flow-matching Euler.
+EULER = "EulerDiscreteScheduler"
 
 
 class PackedFlowFamily:
@@ -72,6 +76,27 @@ class PackedFlowFamily:
             guidance=job.guidance,
             prompt=prompt,
         )
+
+    def refuse_what_flow_cannot_do(self, job: GenerationJob) -> None:
+        """The 400s every flow-matching family shares: samplers other than Euler (none has
+        a flow-matching equivalent here) and DeepCache (it needs a UNet)."""
+        if job.scheduler is not None and (
+            job.scheduler.class_name != EULER or job.scheduler.options
+        ):
+            raise invalid(
+                f"The {self.name} family samples with flow-matching Euler only; this sampler "
+                "or schedule has no flow-matching equivalent. Leave sampler_name (sampler) "
+                "unset or use 'Euler'.",
+                param="sampler_name",
+                code="unsupported_sampler",
+            )
+        if job.deep_cache_interval is not None:
+            raise invalid(
+                f"cache_interval (DeepCache) needs a UNet; the {self.name} family has a "
+                "transformer.",
+                param="cache_interval",
+                code="unsupported_value",
+            )
 
     def start_from_image(
         self, row: FlowRow, job: GenerationJob, generator: Any, channels: int, dtype: Any

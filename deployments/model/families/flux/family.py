@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
-from common.errors import invalid
 from common.job import GenerationJob
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row, TickCache
@@ -45,8 +44,6 @@ FLUX_LATENT_RGB = (
     (-0.1262, -0.0982, -0.0778),
 )  # fmt: skip
 FLUX_LATENT_RGB_BIAS = (-0.0329, -0.0718, -0.0851)
-# A1111 samplers that are FLUX's own sampler: flow-matching Euler.
-EULER = "EulerDiscreteScheduler"
 
 
 @dataclass(eq=False)
@@ -82,22 +79,7 @@ class FluxFamily(PackedFlowFamily):
         self._image_ids: dict[tuple[int, int], Any] = {}
 
     def check(self, job: GenerationJob) -> None:
-        if job.scheduler is not None and (
-            job.scheduler.class_name != EULER or job.scheduler.options
-        ):
-            raise invalid(
-                "The flux family samples with flow-matching Euler only; this sampler or "
-                "schedule has no flow-matching equivalent. Leave sampler_name (sampler) "
-                "unset or use 'Euler'.",
-                param="sampler_name",
-                code="unsupported_sampler",
-            )
-        if job.deep_cache_interval is not None:
-            raise invalid(
-                "cache_interval (DeepCache) needs a UNet; the flux family has a transformer.",
-                param="cache_interval",
-                code="unsupported_value",
-            )
+        self.refuse_what_flow_cannot_do(job)
 
     # -- admission --------------------------------------------------------------
 

@@ -47,7 +47,6 @@ QWEN_LATENT_RGB = (
 )  # fmt: skip
 QWEN_LATENT_RGB_BIAS = (-0.1835, -0.0868, -0.3360)
 # The one sampler Qwen-Image has: flow-matching Euler (A1111's "Euler").
-EULER = "EulerDiscreteScheduler"
 
 
 class QwenImageFamily(PackedFlowFamily):
@@ -73,27 +72,12 @@ class QwenImageFamily(PackedFlowFamily):
         self.pipelines = DerivedPipelines(pipe, QWEN_PIPELINES)
 
     def check(self, job: GenerationJob) -> None:
-        if job.scheduler is not None and (
-            job.scheduler.class_name != EULER or job.scheduler.options
-        ):
-            raise invalid(
-                "The qwen_image family samples with flow-matching Euler only; this sampler "
-                "or schedule has no flow-matching equivalent. Leave sampler_name (sampler) "
-                "unset or use 'Euler'.",
-                param="sampler_name",
-                code="unsupported_sampler",
-            )
+        self.refuse_what_flow_cannot_do(job)
         if job.steps < 2 and self.pipe.scheduler.config.get("shift_terminal"):
             raise invalid(
                 f"steps={job.steps}: Qwen-Image's schedule is stretched to end at "
                 "shift_terminal, which needs at least 2 steps (1 step gives NaN sigmas).",
                 param="steps",
-                code="unsupported_value",
-            )
-        if job.deep_cache_interval is not None:
-            raise invalid(
-                "cache_interval (DeepCache) needs a UNet; the qwen_image family has a transformer.",
-                param="cache_interval",
                 code="unsupported_value",
             )
 
