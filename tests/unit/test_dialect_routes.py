@@ -77,7 +77,12 @@ def app(tmp_path: Path) -> App:
 @pytest.mark.parametrize(
     "body,headers,dialect,keys",
     [
-        ({"prompt": "x"}, {}, "openai", {"created", "data", "background", "output_format", "size"}),
+        (
+            {"prompt": "x"},
+            {},
+            "openai",
+            {"created", "data", "background", "output_format", "size", "usage"},
+        ),
         ({"prompt": "x", "steps": 4}, {}, "together", {"id", "model", "object", "data"}),
         (
             {"prompt": "x", "seed_increment": 1},
