@@ -144,6 +144,8 @@ class EncodeSpec:
     base_url: str | None = None
     store_keys: tuple[str, ...] = ()
     overlay: Overlay | None = field(default=None, compare=False, repr=False)
+    # PNG only: A1111's ``parameters`` text chunk for image i (empty: none written).
+    png_text: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

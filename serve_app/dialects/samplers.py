@@ -158,3 +158,24 @@ def scheduler_items() -> list[dict[str, object]]:
         {"name": n, "label": label, "aliases": None, "default_rho": None, "need_inner_model": None}
         for n, label in SCHEDULE_LABELS.items()
     ]
+
+
+def spec_labels(spec: SchedulerSpec | None) -> tuple[str, str]:
+    """(A1111 sampler name, schedule label) of a scheduler swap, for infotexts;
+    ``None`` (the model's own scheduler) is ``("Default", "Automatic")``."""
+    if spec is None:
+        return "Default", SCHEDULE_LABELS["automatic"]
+    options = spec.config()
+    schedule = "automatic"
+    for key, extra in _SCHEDULE_OPTIONS.items():
+        if extra and all(options.get(k) == v for k, v in extra.items()):
+            schedule = key
+    matches = [
+        sampler
+        for sampler in _SAMPLER_LIST
+        if sampler.class_name == spec.class_name
+        and all(options.get(k) == v for k, v in sampler.options.items())
+    ]
+    # The most specific match: "DPM++ 2M SDE" over "DPM++ 2M".
+    best = max(matches, key=lambda sampler: len(sampler.options), default=None)
+    return (best.name if best else spec.class_name), SCHEDULE_LABELS[schedule]

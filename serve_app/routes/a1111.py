@@ -26,6 +26,7 @@ from serve_app.dialects.base import Dialect
 from serve_app.dialects.loras import a1111_lora_items
 from serve_app.dialects.samplers import sampler_items, scheduler_items
 from serve_app.protocol.a1111 import Txt2ImgRequest
+from serve_app.routes.a1111_discovery import discovery_routes
 from serve_app.routes.answer import answer, context, translate_for
 
 if TYPE_CHECKING:
@@ -141,4 +142,5 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         route("/schedulers", schedulers, "GET", Operation("AUTOMATIC1111 schedule names")),
         route("/loras", loras, "GET", Operation("AUTOMATIC1111 LoRA networks (Lora extension)")),
         route("/refresh-loras", refresh_loras, "POST", Operation("Rescan the LoRA folders")),
+        *discovery_routes(route, client_of, auth.enabled),
     ]
