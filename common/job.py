@@ -71,6 +71,9 @@ class GenerationJob:
     partial_images: int = 0
     # Streamed requests only: a "progress" event after every denoising step (async jobs).
     report_progress: bool = False
+    # With report_progress: the named Ray actor the model asks after each step whether
+    # this request should finish now with its images as they stand (A1111 interrupt).
+    control: str | None = None
     # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
     # resized to the generation size by the ingress; for inpaint also a
     # (gen_height, gen_width) uint8 mask, 255 where to repaint. ``strength`` is the

@@ -43,6 +43,7 @@ from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
 from deployments.model.batching import count_images, group_jobs
 from deployments.model.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.model.interrupts import should_finish
 from deployments.model.step_loop import StepLoop
 from deployments.model.stepping import Submission, run_groups
 
@@ -282,6 +283,8 @@ class ModelServer:
                 if item.kind == "error":
                     finished = True
                     raise item.error or RuntimeError("generation failed")
+                if item.kind == "progress" and sub.job.control and not sub.finish_now:
+                    sub.finish_now = await should_finish(sub.job)  # A1111 interrupt / skip
                 finished = item.kind == "final"
                 yield item
                 if finished:

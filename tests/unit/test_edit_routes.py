@@ -17,7 +17,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob
 from deployments.encoder.codec import paste_outside_mask
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle
+from tests.support.fakes import FakeHandle, resolved
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
 UPLOAD_LIMIT = 256 * 1024
@@ -64,7 +64,7 @@ class App:
 
     async def _encode(self, pixels: Any, spec: EncodeSpec) -> list[EncodedImage]:
         self.specs.append(spec)
-        return [EncodedImage(b64_json="AA==") for _ in await pixels]
+        return [EncodedImage(b64_json="AA==") for _ in await resolved(pixels)]
 
 
 async def _ok() -> bool:
