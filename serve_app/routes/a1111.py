@@ -111,7 +111,14 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         job = dataclasses.replace(plan.job, control=board.control_name())
         rid = job.request_id
         await board.call("start", client, rid, job.n, job.steps)
-        token = PROGRESS.set(lambda step, total: board.tell("progress", rid, step, total))
+        outer = PROGRESS.get()  # an async job's own sink, if this runs as one
+
+        def report(step: int, total: int) -> None:
+            board.tell("progress", rid, step, total)
+            if outer is not None:
+                outer(step, total)
+
+        token = PROGRESS.set(report)
         try:
             return await answer(ingress, model, dataclasses.replace(plan, job=job))
         finally:
