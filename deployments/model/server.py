@@ -43,6 +43,7 @@ from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
 from deployments.model.batching import count_images, group_jobs
 from deployments.model.engine import Engine, EngineFactory, diffusers_engine_factory
+from deployments.model.hires import two_passes
 from deployments.model.interrupts import should_finish
 from deployments.model.step_loop import StepLoop
 from deployments.model.stepping import Submission, run_groups
@@ -229,15 +230,19 @@ class ModelServer:
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         pinned = await self._prepare_loras(sub.job)
         try:
-            if self._steps is not None:
-                async for event in self._submit_step(self._steps, sub):
-                    yield event
-            else:
-                async for event in self._admitted(sub):
-                    yield event
+            passes = (
+                self._one_pass(sub) if sub.job.hires is None else two_passes(sub, self._one_pass)
+            )
+            async for event in passes:
+                yield event
         finally:
             if pinned and self._loras is not None:
                 self._loras.unpin(pinned)
+
+    def _one_pass(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._steps is not None:
+            return self._submit_step(self._steps, sub)
+        return self._admitted(sub)
 
     async def _admitted(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._gate_closed:

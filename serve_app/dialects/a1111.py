@@ -9,6 +9,7 @@ from the model's config here, as they do in every other dialect.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -20,6 +21,7 @@ from common.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJo
 from common.limits import check_request
 from common.model_config import ModelConfig
 from serve_app.dialects.a1111_fields import check_refused, ignored_fields
+from serve_app.dialects.a1111_hires import hires_settings, hires_spec, target_size
 from serve_app.dialects.base import (
     Context,
     Dialect,
@@ -31,7 +33,7 @@ from serve_app.dialects.base import (
 from serve_app.dialects.infotext import infotext, model_sha256, settings_for
 from serve_app.dialects.loras import a1111_loras
 from serve_app.dialects.samplers import resolve_sampler, spec_labels
-from serve_app.protocol.a1111 import Txt2ImgRequest
+from serve_app.protocol.a1111 import Img2ImgRequest, Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
@@ -115,7 +117,7 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         )
     # <lora:name:weight> tags name adapters and are not part of the encoded text.
     prompt, negative_prompt, loras = a1111_loras(model, req.prompt, req.negative_prompt)
-    return new_job(
+    job = new_job(
         model,
         request_id,
         prompt=prompt,
@@ -127,16 +129,29 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         scheduler=scheduler,
         loras=loras,
     )
+    if uses_hires(req):
+        job = dataclasses.replace(job, hires=hires_spec(req, model, steps))
+    return job
+
+
+def uses_hires(req: Txt2ImgRequest) -> bool:
+    """``enable_hr`` is a txt2img field; A1111's img2img model has none (ignored there)."""
+    return req.enable_hr and not isinstance(req, Img2ImgRequest)
+
+
+def output_size(req: Txt2ImgRequest) -> tuple[int, int]:
+    return target_size(req) if uses_hires(req) else (req.width, req.height)
 
 
 def to_encode_spec(
     req: Txt2ImgRequest, model: ModelConfig, job: GenerationJob, request_id: str
 ) -> EncodeSpec:
     """PNG at the requested size, each image with its A1111 ``parameters`` text."""
+    width, height = output_size(req)
     return EncodeSpec(
         request_id=request_id,
-        width=req.width,
-        height=req.height,
+        width=width,
+        height=height,
         output_format="png",
         compression=None,
         response_format="b64_json",
@@ -157,6 +172,8 @@ def _infotext(req: Txt2ImgRequest, job: GenerationJob, model: ModelConfig, seed:
     ``<lora:...>`` tags, as A1111's does)."""
     size = (req.width, req.height)
     settings = settings_for(job, model, seed, size, _sampler_labels(req, job))
+    if job.hires is not None:
+        settings.update(hires_settings(req, job.hires))
     settings.update(_clamp_note(req, job))
     return infotext(req.prompt, req.negative_prompt, settings)
 

@@ -6,7 +6,7 @@ in one of three groups, which ``docs/api/a1111.md`` tabulates:
 - **honoured**: it changes the images or the response (:data:`HONOURED`);
 - **refused while set**: a setting this server cannot carry out, where ignoring it
   would silently give another picture: ``restore_faces: true``, a ``script_name``,
-  ``enable_hr: true``, and an ``alwayson_scripts`` block that is enabled and not
+  and an ``alwayson_scripts`` block that is enabled and not
   empty. Each is a 400 naming the field (``alwayson_scripts.ControlNet``);
 - **ignored** (logged): everything else, which tunes parts of A1111 this server does
   not have (saving to disk, subseeds, sampler noise knobs, refiner, mask blur, ...).
@@ -47,7 +47,21 @@ HONOURED = frozenset(
         "enable_hr",
     }
 )
-IMG2IMG_HONOURED = HONOURED | {
+# The hires fix (dialects/a1111_hires.py): honoured while enable_hr is true.
+HIRES_FIELDS = frozenset(
+    {
+        "hr_scale",
+        "hr_upscaler",
+        "hr_second_pass_steps",
+        "hr_resize_x",
+        "hr_resize_y",
+        "hr_checkpoint_name",
+        "hr_sampler_name",
+        "hr_scheduler",
+        "denoising_strength",
+    }
+)
+IMG2IMG_HONOURED = (HONOURED - {"enable_hr"}) | {
     "init_images",
     "mask",
     "denoising_strength",
@@ -61,7 +75,10 @@ REDUNDANT_SCRIPTS = frozenset({"seed", "sampler"})
 
 def ignored_fields(req: Txt2ImgRequest) -> list[str]:
     """The fields the client set that this server accepts and does not use."""
-    honoured = IMG2IMG_HONOURED if isinstance(req, Img2ImgRequest) else HONOURED
+    if isinstance(req, Img2ImgRequest):
+        honoured = IMG2IMG_HONOURED
+    else:
+        honoured = HONOURED | HIRES_FIELDS if req.enable_hr else HONOURED
     return sorted(req.model_fields_set - honoured)
 
 
@@ -113,10 +130,6 @@ def check_refused(req: Txt2ImgRequest) -> None:
             "script_name",
             f"Scripts are not supported by this server (got script_name {req.script_name!r}; "
             "GET /sdapi/v1/scripts lists none); send null.",
-        )
-    if req.enable_hr:
-        raise unsupported(
-            "enable_hr", "enable_hr (hires fix) is not supported by this server; send false."
         )
     active = active_scripts(req.alwayson_scripts)
     if active:

@@ -2,8 +2,8 @@
 
 Clients (webuiapi, SillyTavern, Krita's and Photoshop's plugins) call these at start-up
 and fill their menus from them, so each answers what is true of this server: the
-upscalers the encoder has (``None``, ``Lanczos``, ``Nearest``: outputs are resized
-with Lanczos), no VAEs beyond each model's own, no embeddings, styles, face
+upscalers (``None``, ``Lanczos``, ``Nearest``; the hires fix's ``Latent`` modes are
+``/latent-upscale-modes``), no VAEs beyond each model's own, no embeddings, styles, face
 restorers, RealESRGAN models, hypernetworks or scripts. LoRAs are ``/sdapi/v1/loras``.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import invalid
+from serve_app.dialects.a1111_hires import LATENT_MODES
 from serve_app.dialects.infotext import PARAMETERS_KEY, parse_infotext
 
 # A1111's ``UpscalerItem``s for its built-in, model-free upscalers.
@@ -51,8 +52,12 @@ EMPTY_LIST_ROUTES = (
     "/realesrgan-models",
     "/hypernetworks",
     "/script-info",
-    "/latent-upscale-modes",
 )
+
+
+def latent_upscale_modes() -> list[dict[str, str]]:
+    """The hires fix's ``Latent`` modes (``dialects/a1111_hires.py`` says how they run)."""
+    return [{"name": name} for name in LATENT_MODES]
 
 
 def scripts() -> dict[str, list[str]]:

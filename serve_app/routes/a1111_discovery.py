@@ -49,6 +49,7 @@ def discovery_routes(
     return [
         *empty,
         get("/upscalers", lambda: a1111_info.UPSCALERS, "A1111 upscalers"),
+        get("/latent-upscale-modes", a1111_info.latent_upscale_modes, "Hires fix latent modes"),
         get("/embeddings", a1111_info.embeddings, "A1111 textual inversion embeddings"),
         get("/scripts", a1111_info.scripts, "A1111 scripts"),
         get("/cmd-flags", lambda: a1111_info.cmd_flags(auth_on), "A1111 command-line flags"),

@@ -59,6 +59,18 @@ def test_webuiapi_img2img(webui: webuiapi.WebUIApi) -> None:
     assert "Denoising strength" in result.images[0].info["parameters"]
 
 
+def test_hires_fix_output_size(webui: webuiapi.WebUIApi) -> None:
+    """webuiapi's defaults: hr_upscaler Latent, denoising_strength 0.7."""
+    result = webui.txt2img(prompt="a castle", width=128, height=96, enable_hr=True,
+                           hr_scale=2, hr_second_pass_steps=3, seed=4)  # fmt: skip
+    [image] = result.images
+    assert image.size == (256, 192)
+    assert "Hires upscale: 2" in image.info["parameters"]
+    resized = webui.txt2img(prompt="a castle", width=128, height=96, enable_hr=True,
+                            hr_resize_x=320, hr_upscaler="Lanczos", steps=3)  # fmt: skip
+    assert resized.image.size == (320, 240)
+
+
 def test_png_info_round_trip(webui: webuiapi.WebUIApi) -> None:
     image = webui.txt2img(prompt="a fox", negative_prompt="fog", seed=5, width=64, height=64).image
     info = webui.png_info(image)
@@ -71,9 +83,9 @@ def test_png_info_round_trip(webui: webuiapi.WebUIApi) -> None:
 def test_every_discovery_call(webui: webuiapi.WebUIApi) -> None:
     assert [u["name"] for u in webui.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     for empty in (webui.get_sd_vae, webui.get_hypernetworks, webui.get_face_restorers,
-                  webui.get_realesrgan_models, webui.get_prompt_styles,
-                  webui.get_latent_upscale_modes):  # fmt: skip
+                  webui.get_realesrgan_models, webui.get_prompt_styles):  # fmt: skip
         assert empty() == []
+    assert {"name": "Latent"} in webui.get_latent_upscale_modes()
     assert webui.get_scripts() == {"txt2img": [], "img2img": []}
     assert webui.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert webui.get_cmd_flags()["api"] is True
@@ -140,10 +152,10 @@ def test_progress_then_interrupt_ends_a_50_step_job_early_with_a_200(
 
 def test_skip_answers_and_refused_fields_name_themselves(webui: webuiapi.WebUIApi) -> None:
     assert webui.skip() is None  # 200, null
-    for field, value in (("enable_hr", True), ("restore_faces", True),
-                         ("script_name", "x/y/z plot")):  # fmt: skip
+    for field, value in (("restore_faces", True), ("script_name", "x/y/z plot"),
+                         ("hr_upscaler", "4x-UltraSharp")):  # fmt: skip
         with pytest.raises(RuntimeError) as info:
-            webui.txt2img(prompt="x", **{field: value})
+            webui.txt2img(prompt="x", enable_hr=field == "hr_upscaler", **{field: value})
         assert info.value.args[0] == 400 and field in info.value.args[1]
 
 
@@ -270,3 +282,28 @@ def test_openai_pngs_carry_the_parameters_text(client: openai.OpenAI) -> None:
     result = client.images.generate(prompt="a fox", size="256x256", extra_body={**FAST, "seed": 8})
     text = decode_b64(result.data[0].b64_json).info["parameters"]
     assert text.startswith("a fox\n") and "Seed: 8" in text and "Steps: 4" in text
+
+
+def test_every_listed_sampler_and_schedule_on_every_model(
+    webui: webuiapi.WebUIApi, http: httpx.Client
+) -> None:
+    """Each pair /samplers and /schedulers list runs on tiny-sdxl (a pair diffusers lacks
+    is a 400 naming scheduler); every sampler runs on the 4-step model too."""
+    samplers = webui.util_get_sampler_names()
+    schedules = webui.util_get_scheduler_names()
+    ran = 0
+    for model, pairs in (
+        ("tiny-sdxl", [(s, k) for s in samplers for k in schedules]),
+        ("tiny-sdxl-4step", [(s, "automatic") for s in samplers]),
+    ):
+        for sampler, schedule in pairs:
+            body = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 1,
+                    "sampler_name": sampler, "scheduler": schedule,
+                    "override_settings": {"sd_model_checkpoint": model}}  # fmt: skip
+            response = http.post("/sdapi/v1/txt2img", json=body, headers=webui_auth())
+            if response.status_code == 400:
+                assert "scheduler" in response.json()["detail"], (sampler, schedule)
+                continue
+            assert response.status_code == 200, (model, sampler, schedule, response.text)
+            ran += 1
+    assert ran > len(samplers) * 3

@@ -110,7 +110,10 @@ def test_the_model_holds_every_a1111_field() -> None:
     [
         ({"restore_faces": True}, "restore_faces"),
         ({"script_name": "x/y/z plot"}, "script_name"),
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, "hr_upscaler"),
+        ({"enable_hr": True, "hr_checkpoint_name": "other [abc]"}, "hr_checkpoint_name"),
+        ({"enable_hr": True, "hr_scale": 8.0}, "hr_scale"),
+        ({"enable_hr": True, "denoising_strength": 0.01}, "denoising_strength"),
         (
             {"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True, "image": "AA=="}]}}},
             "alwayson_scripts.ControlNet",
@@ -210,3 +213,32 @@ def test_png_info_reads_parameters_and_other_chunks() -> None:
     with pytest.raises(APIError) as info:
         png_info(b"not an image")
     assert (info.value.status, info.value.param) == (400, "image")
+
+
+@pytest.mark.parametrize(
+    "body,target,upscaler",
+    [
+        ({"hr_scale": 2.0}, (256, 192), "latent"),
+        ({"hr_resize_x": 200, "hr_upscaler": "Lanczos"}, (200, 150), "lanczos"),
+        ({"hr_resize_y": 300, "hr_upscaler": "Latent (nearest-exact)"}, (400, 300), "nearest"),
+        ({"hr_resize_x": 160, "hr_resize_y": 96, "hr_upscaler": None}, (160, 96), "latent"),
+    ],
+)
+def test_hires_fix_job_and_output_size(
+    body: dict[str, Any], target: tuple[int, int], upscaler: str
+) -> None:
+    req = a1111.parse({"prompt": "x", "width": 128, "height": 96, "steps": 10,
+                       "enable_hr": True, "hr_second_pass_steps": 6, **body})  # fmt: skip
+    job = a1111.to_job(req, MODEL, "r")
+    assert job.hires is not None and job.hires.upscaler == upscaler
+    assert (job.hires.steps, job.hires.strength) == (6, 0.7)
+    assert job.hires.width >= job.gen_width and job.hires.height >= job.gen_height
+    spec = a1111.to_encode_spec(req, MODEL, job, "r")
+    assert (spec.width, spec.height) == target
+    assert "Hires steps: 6" in spec.png_text[0] and "Denoising strength: 0.7" in spec.png_text[0]
+
+
+def test_hires_is_ignored_on_img2img_and_off_by_default() -> None:
+    assert a1111.to_job(a1111.parse({"prompt": "x"}), MODEL, "r").hires is None
+    req = a1111_img2img.parse({"init_images": ["AA=="], "enable_hr": True})
+    assert "enable_hr" in ignored_fields(req)

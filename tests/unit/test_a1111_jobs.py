@@ -87,3 +87,17 @@ async def test_an_interrupted_request_finishes_early_with_its_images(
     plain = Submission(job("p", 3, steps=4, report_progress=True), stream=True)
     assert [e.kind async for e in server._submit(plain)][-1] == "final"
     assert asked.count("p") == 0  # no control named: the board is never asked
+
+
+async def test_hires_fix_runs_two_passes_on_the_replica(engine: DiffusersEngine) -> None:
+    from common.job import HiresSpec
+
+    server = step_server(engine)
+    hires = HiresSpec(SIZE * 2, SIZE * 2, "lanczos", 0.5, 4)
+    j = job("h", 1, 2, steps=3, report_progress=True, hires=hires)
+    events = [e async for e in server._submit(Submission(j, stream=True))]
+    finals = [e for e in events if e.kind == "final"]
+    assert len(finals) == 1 and finals[0].pixels.shape == (2, SIZE * 2, SIZE * 2, 3)
+    steps = [(e.step, e.total_steps) for e in events if e.kind == "progress"]
+    # The first pass's 3 steps, then each image's img2img pass: int(4 * 0.5) = 2 steps.
+    assert steps == [(1, 3), (2, 3), (3, 3), (1, 2), (2, 2), (1, 2), (2, 2)]

@@ -32,7 +32,6 @@ def app(tmp_path: Path) -> App:
         ("/realesrgan-models", []),
         ("/hypernetworks", []),
         ("/script-info", []),
-        ("/latent-upscale-modes", []),
         ("/embeddings", {"loaded": {}, "skipped": {}}),
         ("/scripts", {"txt2img": [], "img2img": []}),
     ],
