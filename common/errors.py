@@ -8,9 +8,10 @@ their details go to the log, never to the client.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -183,11 +184,30 @@ def from_validation_error(exc: ValidationError) -> APIError:
     return APIError("invalid_request", message, param=param, code=_code_for(kind))
 
 
+def drop_nulls(cls: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
+    """A JSON ``null`` means "the default" (OpenAI's API, FastAPI's optional fields): drop
+    each null member whose field does not take ``None`` itself (where ``None`` has a
+    meaning of its own, such as imagine's random seed, it is kept)."""
+    return {
+        key: value
+        for key, value in body.items()
+        if value is not None or _takes_none(cls.model_fields.get(key))
+    }
+
+
+def _takes_none(field: FieldInfo | None) -> bool:
+    if field is None:  # an unknown field: kept, and reported as ignored
+        return True
+    annotation = field.annotation
+    return annotation is Any or type(None) in get_args(annotation)
+
+
 def validate(
     cls: type[ModelT], body: Any, kind: ErrorKind = "invalid_request", strict: bool = False
 ) -> ModelT:
     """Validate a JSON body into ``cls``; every failure names the parameter.
 
+    Null members are dropped first (:func:`drop_nulls`): a null is the field's default.
     ``strict``: JSON types must match as OpenAI's API requires (``"3"`` is not an
     integer, ``true`` is not a number; an integer is a number). Lax mode is for
     multipart forms, whose values are all strings, and for A1111, whose own FastAPI
@@ -196,7 +216,7 @@ def validate(
     if not isinstance(body, dict):
         raise APIError(kind, "The request body must be a JSON object.")
     try:
-        return cls.model_validate(body, strict=strict)
+        return cls.model_validate(drop_nulls(cls, body), strict=strict)
     except ValidationError as exc:
         err = from_validation_error(exc)
         raise APIError(kind, err.message, param=err.param, code=err.code) from None

@@ -48,6 +48,23 @@ class SchedulerSpec:
         return dict(self.options)
 
 
+HiresUpscaler = Literal["latent", "lanczos", "nearest", "none"]
+
+
+@dataclass(frozen=True)
+class HiresSpec:
+    """A1111's hires fix: after the first pass, upscale each image to ``width`` x
+    ``height`` (the second pass's generation size) and run img2img on it with
+    ``strength`` over ``steps`` steps, all on the model replica."""
+
+    width: int
+    height: int
+    upscaler: HiresUpscaler
+    strength: float
+    steps: int
+    scheduler: SchedulerSpec | None = None
+
+
 @dataclass(frozen=True)
 class GenerationJob:
     """What the model deployment needs to produce ``len(seeds)`` images."""
@@ -71,6 +88,11 @@ class GenerationJob:
     partial_images: int = 0
     # Streamed requests only: a "progress" event after every denoising step (async jobs).
     report_progress: bool = False
+    # With report_progress: the named Ray actor the model asks after each step whether
+    # this request should finish now with its images as they stand (A1111 interrupt).
+    control: str | None = None
+    # txt2img only: a second, img2img pass on the upscaled images (A1111 enable_hr).
+    hires: HiresSpec | None = None
     # img2img / inpaint: the init image as (gen_height, gen_width, 3) uint8, already
     # resized to the generation size by the ingress; for inpaint also a
     # (gen_height, gen_width) uint8 mask, 255 where to repaint. ``strength`` is the
@@ -87,6 +109,8 @@ class GenerationJob:
             raise ValueError(f"mode {self.mode!r} and init_image/strength do not agree")
         if (self.mode == "inpaint") != (self.mask is not None):
             raise ValueError(f"mode {self.mode!r} and mask do not agree")
+        if self.hires is not None and self.mode != "txt2img":
+            raise ValueError("a hires pass follows txt2img only")
         if self.init_image is not None:
             expected = (self.gen_height, self.gen_width, 3)
             if self.init_image.shape != expected or self.init_image.dtype.name != "uint8":
@@ -144,6 +168,8 @@ class EncodeSpec:
     base_url: str | None = None
     store_keys: tuple[str, ...] = ()
     overlay: Overlay | None = field(default=None, compare=False, repr=False)
+    # PNG only: A1111's ``parameters`` text chunk for image i (empty: none written).
+    png_text: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ MULTIPART = "multipart/form-data"
 
 
 # JSON routes whose bodies carry images (base64), so the upload limit applies to them.
-IMAGE_JSON_ROUTES = frozenset({f"{A1111_API}/img2img"})
+# (JSON edits carry them as data: URLs.)
+IMAGE_JSON_ROUTES = frozenset({f"{A1111_API}/img2img", f"{A1111_API}/png-info", "/v1/images/edits"})
 
 
 @dataclass(frozen=True)

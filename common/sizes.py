@@ -65,3 +65,23 @@ def scaled_bucket(bucket: tuple[int, int], scale: float, multiple: int) -> tuple
     gen_w = max(multiple, int(width * scale) // multiple * multiple)
     gen_h = max(multiple, int(height * scale) // multiple * multiple)
     return gen_w, gen_h
+
+
+# gpt-image-2's rules for a free ``size`` on OpenAI generations.
+FREE_SIZE_MULTIPLE = 16
+FREE_SIZE_MAX_SIDE = 3840
+FREE_SIZE_MAX_ASPECT = 3
+
+
+def gpt_image_size_error(width: int, height: int) -> str | None:
+    """Why a free ``WxH`` breaks gpt-image-2's rules, stated as the rule; None if it keeps
+    them. The model's own pixel limits are checked separately."""
+    if min(width, height) < FREE_SIZE_MULTIPLE:
+        return f"each side must be at least {FREE_SIZE_MULTIPLE}"
+    if width % FREE_SIZE_MULTIPLE or height % FREE_SIZE_MULTIPLE:
+        return f"each side must be a multiple of {FREE_SIZE_MULTIPLE}"
+    if max(width, height) > FREE_SIZE_MAX_SIDE:
+        return f"the longest side must be at most {FREE_SIZE_MAX_SIDE}"
+    if max(width, height) > FREE_SIZE_MAX_ASPECT * min(width, height):
+        return f"the aspect ratio must be at most {FREE_SIZE_MAX_ASPECT}:1"
+    return None

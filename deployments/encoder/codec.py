@@ -25,12 +25,15 @@ import io
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 DEFAULT_QUALITY = 90
 DEFAULT_PNG_LEVEL = 3
 WEBP_METHOD = 2
 PREVIEW_PNG_LEVEL = 1
 PREVIEW_QUALITY = 60
+# The text chunk A1111 writes its generation parameters into.
+PNG_PARAMETERS = "parameters"
 
 
 def to_pil(pixels: np.ndarray) -> Image.Image:
@@ -74,8 +77,11 @@ def encode_image(
     output_format: str,
     compression: int | None,
     preview: bool = False,
+    png_text: str | None = None,
 ) -> bytes:
-    """Encode one image at exactly ``width`` x ``height`` (``preview``: fastest settings)."""
+    """Encode one image at exactly ``width`` x ``height`` (``preview``: fastest settings).
+
+    ``png_text``: A1111's ``parameters`` text chunk, written into PNGs only."""
     resample = Image.Resampling.NEAREST if preview else Image.Resampling.LANCZOS
     image = resize(to_pil(pixels), width, height, resample)
     quality = DEFAULT_QUALITY if compression is None else compression
@@ -84,7 +90,12 @@ def encode_image(
     buffer = io.BytesIO()
     if output_format == "png":
         level = DEFAULT_PNG_LEVEL if compression is None else round(9 * (100 - compression) / 100)
-        image.save(buffer, format="PNG", compress_level=PREVIEW_PNG_LEVEL if preview else level)
+        info = None
+        if png_text is not None:
+            info = PngInfo()
+            info.add_text(PNG_PARAMETERS, png_text)
+        level = PREVIEW_PNG_LEVEL if preview else level
+        image.save(buffer, format="PNG", compress_level=level, pnginfo=info)
     elif output_format == "jpeg":
         if image.mode == "RGBA":
             raise ValueError("jpeg cannot carry an alpha channel")

@@ -52,8 +52,9 @@ class Encoder:
                 image = paste_outside_mask(
                     image, overlay.image, overlay.mask, spec.width, spec.height
                 )
+            text = spec.png_text[index] if index < len(spec.png_text) and not preview else None
             data = encode_image(
-                image, spec.width, spec.height, spec.output_format, spec.compression, preview
+                image, spec.width, spec.height, spec.output_format, spec.compression, preview, text
             )
             content_type = CONTENT_TYPES[spec.output_format]
             if spec.response_format == "b64_json":

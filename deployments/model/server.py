@@ -50,6 +50,8 @@ from deployments.model.request_mode.runner import run_groups
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.scheduler.step_loop import StepLoop
 from deployments.model.scheduler.submission import Submission
+from deployments.model.hires import two_passes
+from deployments.model.interrupts import should_finish
 
 logger = logging.getLogger("imagegen.model")
 
@@ -243,15 +245,19 @@ class ModelServer:
             self._family.check(sub.job)  # what this architecture cannot do is a 400
         pinned = await self._prepare_loras(sub.job)
         try:
-            if self._steps is not None:
-                async for event in self._submit_step(self._steps, sub):
-                    yield event
-            else:
-                async for event in self._admitted(sub):
-                    yield event
+            passes = (
+                self._one_pass(sub) if sub.job.hires is None else two_passes(sub, self._one_pass)
+            )
+            async for event in passes:
+                yield event
         finally:
             if pinned and self._loras is not None:
                 self._loras.unpin(pinned)
+
+    def _one_pass(self, sub: Submission) -> AsyncIterator[ImageEvent]:
+        if self._steps is not None:
+            return self._submit_step(self._steps, sub)
+        return self._admitted(sub)
 
     async def _admitted(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._gate_closed:
@@ -297,6 +303,8 @@ class ModelServer:
                 if item.kind == "error":
                     finished = True
                     raise item.error or RuntimeError("generation failed")
+                if item.kind == "progress" and sub.job.control and not sub.finish_now:
+                    sub.finish_now = await should_finish(sub.job)  # A1111 interrupt / skip
                 finished = item.kind == "final"
                 yield item
                 if finished:

@@ -9,7 +9,7 @@ from the model's config here, as they do in every other dialect.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import secrets
 import time
@@ -20,6 +20,8 @@ from common.errors import APIError, check_image_count, validate
 from common.job import RANDOM_SEED_LIMIT, EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.limits import check_request
 from common.model_config import ModelConfig
+from serve_app.dialects.a1111_fields import check_refused, ignored_fields
+from serve_app.dialects.a1111_hires import hires_settings, hires_spec, target_size
 from serve_app.dialects.base import (
     Context,
     Dialect,
@@ -27,54 +29,22 @@ from serve_app.dialects.base import (
     free_size,
     log_ignored,
     new_job,
-    unsupported,
 )
+from serve_app.dialects.infotext import infotext, model_sha256, settings_for
 from serve_app.dialects.loras import a1111_loras
-from serve_app.dialects.samplers import resolve_sampler
-from serve_app.protocol.a1111 import Txt2ImgRequest
+from serve_app.dialects.samplers import resolve_sampler, spec_labels
+from serve_app.protocol.a1111 import Img2ImgRequest, Txt2ImgRequest
 from serve_app.protocol.openai import MAX_SEED
 
 CHECKPOINT_OPTION = "sd_model_checkpoint"
 # The extra_generation_params key that reports a step count clamped to max_steps.
 STEPS_CLAMPED = "Steps clamped"
-# A1111 fields accepted and ignored: they tune parts of A1111 this server does not have.
-IGNORED_FIELDS = (
-    "styles",
-    "subseed",
-    "subseed_strength",
-    "seed_resize_from_h",
-    "seed_resize_from_w",
-    "restore_faces",
-    "tiling",
-    "do_not_save_samples",
-    "do_not_save_grid",
-    "eta",
-    "s_min_uncond",
-    "s_churn",
-    "s_tmax",
-    "s_tmin",
-    "s_noise",
-    "save_images",
-    "force_task_id",
-    "infotext",
-    "comments",
-    "disable_extra_networks",
-    "firstpass_image",
-    "refiner_checkpoint",
-    "refiner_switch_at",
-)
 
 
 def parse(body: Any) -> Txt2ImgRequest:
     """Schema errors are 422, as FastAPI (and so A1111) answers them. Lax types, as
     A1111's own pydantic models are: ``"steps": "20"`` is 20 there, so it is here."""
     return validate(Txt2ImgRequest, body, kind="unprocessable")
-
-
-def model_sha256(model: ModelConfig) -> str:
-    """A stable identity hash of what a model loads (A1111 hashes the checkpoint file)."""
-    ident = [model.id, model.source, model.revision, model.variant, model.unet_weights]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
 
 def model_title(model: ModelConfig) -> str:
@@ -109,20 +79,6 @@ def checkpoint_override(req: Txt2ImgRequest) -> str | None:
     return checkpoint_name(value) if isinstance(value, str) and value else None
 
 
-def _check_unsupported(req: Txt2ImgRequest) -> None:
-    if req.enable_hr:
-        raise unsupported(
-            "enable_hr", "enable_hr (hires fix) is not supported by this server; send false."
-        )
-    if req.script_name:
-        raise unsupported("script_name", "Scripts are not supported by this server.")
-    if req.alwayson_scripts:
-        names = sorted(req.alwayson_scripts)
-        raise unsupported(
-            "alwayson_scripts", f"alwayson_scripts are not supported by this server (got {names})."
-        )
-
-
 def clamped_steps(req: Txt2ImgRequest, model: ModelConfig) -> int:
     """``steps``, clamped to the model's ``max_steps`` rather than refused.
 
@@ -142,7 +98,7 @@ def _clamp_note(req: Txt2ImgRequest, job: GenerationJob) -> dict[str, str]:
 
 
 def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> GenerationJob:
-    _check_unsupported(req)
+    check_refused(req)
     n = req.batch_size * req.n_iter
     steps = clamped_steps(req, model)
     check_request(
@@ -150,9 +106,9 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
     )
     scheduler = resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     gen_w, gen_h = free_size(model, req.width, req.height)
-    ignored = [f for f in IGNORED_FIELDS if f in req.model_fields_set]
     extra_overrides = sorted(set(req.override_settings) - {CHECKPOINT_OPTION})
-    log_ignored(request_id, "a1111", ignored + req.unknown_fields() + extra_overrides)
+    ignored = ignored_fields(req) + req.unknown_fields() + extra_overrides
+    log_ignored(request_id, "a1111", ignored)
     # A1111 draws one base seed for -1, then image i uses base + i.
     base = secrets.randbelow(RANDOM_SEED_LIMIT) if req.seed == -1 else req.seed
     if base + n - 1 > MAX_SEED:
@@ -161,7 +117,7 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         )
     # <lora:name:weight> tags name adapters and are not part of the encoded text.
     prompt, negative_prompt, loras = a1111_loras(model, req.prompt, req.negative_prompt)
-    return new_job(
+    job = new_job(
         model,
         request_id,
         prompt=prompt,
@@ -173,37 +129,53 @@ def to_job(req: Txt2ImgRequest, model: ModelConfig, request_id: str) -> Generati
         scheduler=scheduler,
         loras=loras,
     )
+    if uses_hires(req):
+        job = dataclasses.replace(job, hires=hires_spec(req, model, steps))
+    return job
 
 
-def to_encode_spec(req: Txt2ImgRequest, request_id: str) -> EncodeSpec:
+def uses_hires(req: Txt2ImgRequest) -> bool:
+    """``enable_hr`` is a txt2img field; A1111's img2img model has none (ignored there)."""
+    return req.enable_hr and not isinstance(req, Img2ImgRequest)
+
+
+def output_size(req: Txt2ImgRequest) -> tuple[int, int]:
+    return target_size(req) if uses_hires(req) else (req.width, req.height)
+
+
+def to_encode_spec(
+    req: Txt2ImgRequest, model: ModelConfig, job: GenerationJob, request_id: str
+) -> EncodeSpec:
+    """PNG at the requested size, each image with its A1111 ``parameters`` text."""
+    width, height = output_size(req)
     return EncodeSpec(
         request_id=request_id,
-        width=req.width,
-        height=req.height,
+        width=width,
+        height=height,
         output_format="png",
         compression=None,
         response_format="b64_json",
+        png_text=tuple(_infotext(req, job, model, seed) for seed in job.seeds),
     )
 
 
+def _sampler_labels(req: Txt2ImgRequest, job: GenerationJob) -> tuple[str, str]:
+    """The sampler and schedule as the client named them (else what actually ran)."""
+    default_sampler, default_schedule = spec_labels(job.scheduler)
+    sampler = req.sampler_name or req.sampler_index or default_sampler
+    schedule = req.scheduler if req.scheduler else default_schedule
+    return sampler, schedule[:1].upper() + schedule[1:]
+
+
 def _infotext(req: Txt2ImgRequest, job: GenerationJob, model: ModelConfig, seed: int) -> str:
-    """The ``parameters`` text A1111 writes for one image."""
-    lines = [req.prompt]
-    if req.negative_prompt:
-        lines.append(f"Negative prompt: {req.negative_prompt}")
-    settings = [
-        f"Steps: {job.steps}",
-        f"Sampler: {req.sampler_name or req.sampler_index or 'Default'}",
-        *([f"Schedule type: {req.scheduler}"] if req.scheduler else []),
-        f"CFG scale: {job.guidance}",
-        f"Seed: {seed}",
-        f"Size: {req.width}x{req.height}",
-        f"Model hash: {model_sha256(model)[:10]}",
-        f"Model: {model.id}",
-        *(f"{key}: {value}" for key, value in _clamp_note(req, job).items()),
-    ]
-    lines.append(", ".join(settings))
-    return "\n".join(lines)
+    """The ``parameters`` text A1111 writes for one image (its prompt keeps the
+    ``<lora:...>`` tags, as A1111's does)."""
+    size = (req.width, req.height)
+    settings = settings_for(job, model, seed, size, _sampler_labels(req, job))
+    if job.hires is not None:
+        settings.update(hires_settings(req, job.hires))
+    settings.update(_clamp_note(req, job))
+    return infotext(req.prompt, req.negative_prompt, settings)
 
 
 def build_response(
@@ -226,8 +198,8 @@ def build_response(
         "subseed_strength": 0,
         "width": req.width,
         "height": req.height,
-        "sampler_name": req.sampler_name or req.sampler_index or "Default",
-        "scheduler": req.scheduler or "Automatic",
+        "sampler_name": _sampler_labels(req, job)[0],
+        "scheduler": _sampler_labels(req, job)[1],
         "cfg_scale": job.guidance,
         "steps": job.steps,
         "batch_size": req.batch_size,
@@ -258,7 +230,7 @@ async def translate(
     req: Txt2ImgRequest, model: ModelConfig, ctx: Context
 ) -> Translation[dict[str, Any]]:
     job = to_job(req, model, ctx.request_id)
-    spec = to_encode_spec(req, ctx.request_id)
+    spec = to_encode_spec(req, model, job, ctx.request_id)
     return Translation(job, spec, lambda images: build_response(req, model, job, images))
 
 

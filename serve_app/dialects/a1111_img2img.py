@@ -26,21 +26,6 @@ from serve_app.dialects.base import Context, Dialect, Translation, unsupported
 from serve_app.inputs.uploads import decode_image, mask_from_luminance, with_init_image
 from serve_app.protocol.a1111 import Img2ImgRequest
 
-# A1111 img2img fields accepted and ignored: this server pastes the original back
-# outside the mask exactly and always repaints at the full image.
-IGNORED_FIELDS = (
-    "mask_blur",
-    "mask_blur_x",
-    "mask_blur_y",
-    "inpainting_fill",
-    "inpaint_full_res",
-    "inpaint_full_res_padding",
-    "initial_noise_multiplier",
-    "image_cfg_scale",
-    "mask_round",
-    "latent_mask",
-)
-
 
 def parse(body: Any) -> Img2ImgRequest:
     return validate(Img2ImgRequest, body, kind="unprocessable")
@@ -72,7 +57,7 @@ def to_job(
             "init_images",
             "too_many_images",
         )
-    job = a1111.to_job(req, model, request_id)  # logs the ignored fields, IGNORED_FIELDS too
+    job = a1111.to_job(req, model, request_id)  # logs the ignored fields
     images = [
         decode_image(decode_b64(data, f"init_images[{i}]"), f"init_images[{i}]", limits)
         for i, data in enumerate(req.init_images)
@@ -84,7 +69,7 @@ def to_job(
     job, overlay = with_init_image(
         job, images[0], req.denoising_strength, mask, (req.width, req.height), "denoising_strength"
     )
-    return job, replace(a1111.to_encode_spec(req, request_id), overlay=overlay)
+    return job, replace(a1111.to_encode_spec(req, model, job, request_id), overlay=overlay)
 
 
 def build_response(

@@ -52,7 +52,8 @@ def signals(headers: Mapping[str, str], body: Any) -> dict[DialectName, list[str
             found.setdefault(dialect, []).append(f"User-Agent {prefix.rstrip('/')}")
     if isinstance(body, dict):
         for dialect, fields in _FIELDS.items():
-            present = sorted(fields & body.keys())
+            # A null is "the default", so no signal (raw clients send every field).
+            present = sorted(f for f in fields & body.keys() if body[f] is not None)
             if present:
                 found.setdefault(dialect, []).extend(f"field {f!r}" for f in present)
         if body.get("response_format") == "base64":

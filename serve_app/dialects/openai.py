@@ -10,15 +10,16 @@ from common import limits
 from common.errors import check_image_count, invalid, validate
 from common.job import EncodedImage, EncodeSpec, GenerationJob, assign_seeds
 from common.model_config import ModelConfig
-from common.sizes import parse_size
 from serve_app.dialects.base import Context, Dialect, Translation, log_ignored, new_job
 from serve_app.dialects.loras import extension_loras
+from serve_app.dialects.openai_rules import generation_size, response_format, usage
 from serve_app.dialects.samplers import resolve_sampler
 from serve_app.protocol.openai import (
     IGNORED_OPENAI_FIELDS,
     ImageData,
     ImageGenerateRequest,
     ImagesResponse,
+    ImageUsage,
     OpenAIImageParams,
     dump,
 )
@@ -101,7 +102,7 @@ def openai_job(
         size=output_size,
         background=req.background,
         stream=req.stream,
-        response_format=req.response_format,
+        response_format=response_format(req),
     )
     log_ignored(request_id, dialect, ignored_openai_fields(req))
     return new_job(
@@ -120,33 +121,33 @@ def openai_job(
 
 
 def to_job(req: ImageGenerateRequest, model: ModelConfig, request_id: str) -> GenerationJob:
-    return openai_job(req, model, request_id, model.generation_size(req.size), parse_size(req.size))
+    output, gen = generation_size(req.size, model)
+    return openai_job(req, model, request_id, gen, output)
 
 
-def to_encode_spec(req: ImageGenerateRequest, request_id: str, base_url: str | None) -> EncodeSpec:
-    width, height = parse_size(req.size)
+def to_encode_spec(
+    req: ImageGenerateRequest, model: ModelConfig, request_id: str, base_url: str | None
+) -> EncodeSpec:
+    (width, height), _ = generation_size(req.size, model)
     return EncodeSpec(
         request_id=request_id,
         width=width,
         height=height,
         output_format=req.output_format,
         compression=req.output_compression,
-        response_format=req.response_format,
+        response_format=response_format(req),
         base_url=base_url,
     )
 
 
-def build_response(
-    req: ImageGenerateRequest, seeds: Sequence[int], images: Sequence[EncodedImage]
-) -> dict[str, Any]:
-    width, height = parse_size(req.size)
-    return images_response(req.output_format, req.quality, f"{width}x{height}", seeds, images)
+def request_usage(req: OpenAIImageParams, spec: EncodeSpec) -> ImageUsage:
+    """The ``usage`` of a generation or edit: its prompt, ``n`` images at the output size."""
+    return usage(req.prompt, req.n, (spec.width, spec.height), req.quality)
 
 
 def images_response(
-    output_format: str,
-    quality: str | None,
-    size: str,
+    req: OpenAIImageParams,
+    spec: EncodeSpec,
     seeds: Sequence[int],
     images: Sequence[EncodedImage],
 ) -> dict[str, Any]:
@@ -159,9 +160,10 @@ def images_response(
             for img, seed in zip(images, seeds, strict=True)
         ],
         background="opaque",
-        output_format=output_format,
-        quality=quality,
-        size=size,
+        output_format=req.output_format,
+        quality=req.quality,
+        size=f"{spec.width}x{spec.height}",
+        usage=request_usage(req, spec),
     )
     return dump(response)
 
@@ -170,9 +172,13 @@ async def translate(
     req: ImageGenerateRequest, model: ModelConfig, ctx: Context
 ) -> Translation[dict[str, Any]]:
     job = to_job(req, model, ctx.request_id)
-    spec = to_encode_spec(req, ctx.request_id, ctx.base_url)
-    stream = OpenAIStream("image_generation", job, spec, req.quality) if req.stream else None
-    return Translation(job, spec, lambda images: build_response(req, job.seeds, images), stream)
+    spec = to_encode_spec(req, model, ctx.request_id, ctx.base_url)
+    stream = None
+    if req.stream:
+        stream = OpenAIStream("image_generation", job, spec, req.quality, request_usage(req, spec))
+    return Translation(
+        job, spec, lambda images: images_response(req, spec, job.seeds, images), stream
+    )
 
 
 DIALECT: Dialect[ImageGenerateRequest, dict[str, Any]] = Dialect(

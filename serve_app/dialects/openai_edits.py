@@ -16,7 +16,7 @@ Forms are strings by nature, so these fields stay in pydantic's lax mode (``"2"`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,12 @@ import numpy as np
 
 from common.config import ImageInputConfig
 from common.errors import invalid, validate
-from common.job import EncodedImage, EncodeSpec, GenerationJob, Overlay
+from common.job import EncodeSpec, GenerationJob, Overlay
 from common.model_config import ModelConfig
 from common.sizes import OPENAI_SIZES, parse_size
 from serve_app.dialects.base import Context, Dialect, Translation, free_size
-from serve_app.dialects.openai import images_response, openai_job
+from serve_app.dialects.openai import images_response, openai_job, request_usage
+from serve_app.dialects.openai_rules import response_format
 from serve_app.inputs.uploads import InputImage, decode_image, mask_from_alpha, with_init_image
 from serve_app.protocol.openai import ImageEditRequest
 from serve_app.streaming.openai import OpenAIStream
@@ -182,17 +183,31 @@ def to_encode_spec(
         height=output_size[1],
         output_format=req.output_format,
         compression=req.output_compression,
-        response_format=req.response_format,
+        response_format=response_format(req),
         base_url=base_url,
         overlay=overlay,
     )
 
 
-def build_response(
-    req: ImageEditRequest, spec: EncodeSpec, seeds: Sequence[int], images: Sequence[EncodedImage]
-) -> dict[str, Any]:
-    size = f"{spec.width}x{spec.height}"
-    return images_response(req.output_format, req.quality, size, seeds, images)
+def edit_translation(
+    req: ImageEditRequest,
+    model: ModelConfig,
+    ctx: Context,
+    image: InputImage,
+    mask: InputImage | None,
+    variation: bool,
+) -> Translation[dict[str, Any]]:
+    """The translation of an edit or variation whose images are decoded (form or JSON)."""
+    job, output_size, overlay = to_job(
+        req, model, ctx.request_id, image, mask, ctx.images, variation
+    )
+    spec = to_encode_spec(req, ctx.request_id, output_size, ctx.base_url, overlay)
+    stream = None
+    if req.stream:
+        stream = OpenAIStream("image_edit", job, spec, req.quality, request_usage(req, spec))
+    return Translation(
+        job, spec, lambda images: images_response(req, spec, job.seeds, images), stream
+    )
 
 
 def _translator(
@@ -203,15 +218,7 @@ def _translator(
     ) -> Translation[dict[str, Any]]:
         # Decoding is CPU work on untrusted bytes: a worker thread, so the loop keeps serving.
         image, mask = await asyncio.to_thread(form.decode, ctx.images)
-        req = form.request
-        job, output_size, overlay = to_job(
-            req, model, ctx.request_id, image, mask, ctx.images, variation
-        )
-        spec = to_encode_spec(req, ctx.request_id, output_size, ctx.base_url, overlay)
-        stream = OpenAIStream("image_edit", job, spec, req.quality) if req.stream else None
-        return Translation(
-            job, spec, lambda images: build_response(req, spec, job.seeds, images), stream
-        )
+        return edit_translation(form.request, model, ctx, image, mask, variation)
 
     return translate
 

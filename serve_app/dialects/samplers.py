@@ -2,8 +2,11 @@
 
 The table follows diffusers' own A1111 mapping (docs: "Schedulers" overview). Only
 samplers with a real diffusers equivalent are listed; anything else (``DPM fast``,
-``DPM adaptive``, ``DPM++ 2S a``, ``DPM++ SDE``, which needs torchsde) is refused
-with the list of known names rather than silently replaced. Pure data: nothing
+``DPM adaptive``, ``DPM++ 2S a``, ``DPM++ SDE``) is refused with the list of known
+names rather than silently replaced. ``DPM++ SDE`` is diffusers'
+``DPMSolverSDEScheduler``, which needs torchsde and draws its noise from one Brownian
+tree per scheduler seeded by a config value, not by each image's seed: it would break
+"the same seed gives the same image, alone or in a batch", so it is left out. Pure data: nothing
 here imports diffusers.
 """
 
@@ -47,6 +50,8 @@ _SAMPLER_LIST = [
         sigma_schedules=False,
     ),
     Sampler("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
+    # Latent consistency sampling: meant for LCM-distilled weights (few steps, low CFG).
+    Sampler("LCM", "LCMScheduler", aliases=("lcm",), sigma_schedules=False),
 ]
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _SAMPLER_LIST}
 DEFAULT_SAMPLER = "Euler"
@@ -58,13 +63,22 @@ SCHEDULE_LABELS = {
     "karras": "Karras",
     "exponential": "Exponential",
     "sgm_uniform": "SGM Uniform",
+    "simple": "Simple",
+    "normal": "Normal",
+    "beta": "Beta",
 }
+# "Simple" takes every n-th sigma of the model's table counting from the end, which is
+# diffusers' trailing spacing (as SGM Uniform); "Normal" spaces timesteps linearly over
+# the whole range (linspace); "Beta" is diffusers' use_beta_sigmas (needs scipy).
 _SCHEDULE_OPTIONS: dict[str, dict[str, bool | int | float | str]] = {
     "automatic": {},
     "uniform": {},
     "karras": {"use_karras_sigmas": True},
     "exponential": {"use_exponential_sigmas": True},
     "sgm_uniform": {"timestep_spacing": "trailing"},
+    "simple": {"timestep_spacing": "trailing"},
+    "normal": {"timestep_spacing": "linspace"},
+    "beta": {"use_beta_sigmas": True},
 }
 _SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 
@@ -158,3 +172,28 @@ def scheduler_items() -> list[dict[str, object]]:
         {"name": n, "label": label, "aliases": None, "default_rho": None, "need_inner_model": None}
         for n, label in SCHEDULE_LABELS.items()
     ]
+
+
+def spec_labels(spec: SchedulerSpec | None) -> tuple[str, str]:
+    """(A1111 sampler name, schedule label) of a scheduler swap, for infotexts;
+    ``None`` (the model's own scheduler) is ``("Default", "Automatic")``."""
+    if spec is None:
+        return "Default", SCHEDULE_LABELS["automatic"]
+    options = spec.config()
+    schedule = next(
+        (
+            key
+            for key, extra in _SCHEDULE_OPTIONS.items()
+            if extra and all(options.get(k) == v for k, v in extra.items())
+        ),
+        "automatic",
+    )
+    matches = [
+        sampler
+        for sampler in _SAMPLER_LIST
+        if sampler.class_name == spec.class_name
+        and all(options.get(k) == v for k, v in sampler.options.items())
+    ]
+    # The most specific match: "DPM++ 2M SDE" over "DPM++ 2M".
+    best = max(matches, key=lambda sampler: len(sampler.options), default=None)
+    return (best.name if best else spec.class_name), SCHEDULE_LABELS[schedule]

@@ -40,7 +40,10 @@ class OpenAIImageParams(LenientModel):
         default=None, description="Model id or alias; default model if unset."
     )
     n: int = Field(default=1, ge=1, le=10, description="Number of images, 1-10.")
-    response_format: ResponseFormat = "b64_json"
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="Unset: 'url' for dall-e-2 and dall-e-3, 'b64_json' otherwise (as OpenAI).",
+    )
     output_format: OutputFormat = "png"
     output_compression: int | None = Field(default=None, ge=0, le=100)
     background: Background = "auto"
@@ -67,11 +70,22 @@ class OpenAIImageParams(LenientModel):
     )
 
 
+class ImageRef(LenientModel):
+    """An input image of a JSON-body edit: ``{"image_url": ...}`` (a URL or a data URL)."""
+
+    image_url: str | None = None
+    file_id: str | None = None
+
+
 class ImageGenerateRequest(OpenAIImageParams):
     """``POST /v1/images/generations``: OpenAI ``ImageGenerateParams`` plus extensions."""
 
     prompt: str = Field(min_length=1, description="What to draw.")
-    size: ImageSize = Field(default="auto", description="Output size; 'auto' is 1024x1024.")
+    size: str = Field(
+        default="auto",
+        description="auto (1024x1024), an OpenAI size, or a free WxH by gpt-image-2's rules "
+        "(sides multiples of 16, longest side at most 3840, aspect at most 3:1).",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ImageGenerateRequest:
@@ -114,6 +128,13 @@ class ImageEditRequest(OpenAIImageParams):
         return self
 
 
+class ImageEditJSONRequest(ImageEditRequest):
+    """``POST /v1/images/edits`` with a JSON body: images and mask by ``image_url``."""
+
+    images: list[ImageRef] = Field(min_length=1, description='[{"image_url": ...}]')
+    mask: ImageRef | None = None
+
+
 class ImageData(BaseModel):
     """One generated image; ``seed`` is our extension so clients can reproduce it."""
 
@@ -123,6 +144,20 @@ class ImageData(BaseModel):
     seed: int | None = None
 
 
+class InputTokensDetails(BaseModel):
+    image_tokens: int = 0
+    text_tokens: int = 0
+
+
+class ImageUsage(BaseModel):
+    """OpenAI's image ``usage`` (``ImagesResponse.usage``, the completed stream event's)."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
@@ -130,6 +165,7 @@ class ImagesResponse(BaseModel):
     output_format: OutputFormat | None = None
     quality: str | None = None
     size: str | None = None
+    usage: ImageUsage | None = None
 
 
 class ImageStreamEvent(BaseModel):
@@ -157,6 +193,7 @@ class ImageGenCompletedEvent(ImageStreamEvent):
     """SSE ``image_generation.completed``: one per finished image."""
 
     type: str = "image_generation.completed"
+    usage: ImageUsage | None = None
     # Extension: the image's seed.
     seed: int | None = None
 

@@ -8,6 +8,7 @@ A1111's shape ``{error, detail, body, errors}``. Generation goes through the sam
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,10 @@ from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.base import Dialect
 from serve_app.dialects.loras import a1111_lora_items
 from serve_app.dialects.samplers import sampler_items, scheduler_items
+from serve_app.ingress import PROGRESS
 from serve_app.protocol.a1111 import Txt2ImgRequest
+from serve_app.routes.a1111_discovery import discovery_routes
+from serve_app.routes.a1111_jobs import Board, control_routes
 from serve_app.routes.answer import answer, context, translate_for
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         return []
     auth = BasicAuth(load_credentials(config))
     options = ClientOptions(config.options_dir)
+    board = Board()
     logger.info("A1111 routes on %s (basic auth %s)", A1111_API, "on" if auth.enabled else "off")
 
     def client_of(request: Request) -> str:
@@ -102,7 +107,23 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         override = dialect.model_name(req)
         model = resolve_checkpoint(override) if override else current_model(client)
         plan = await translate_for(ingress, dialect, req, model, context(ingress, request))
-        return await answer(ingress, model, plan)
+        # On the job board while it runs: /progress reports it, /interrupt ends it.
+        job = dataclasses.replace(plan.job, control=board.control_name())
+        rid = job.request_id
+        await board.call("start", client, rid, job.n, job.steps)
+        outer = PROGRESS.get()  # an async job's own sink, if this runs as one
+
+        def report(step: int, total: int) -> None:
+            board.tell("progress", rid, step, total)
+            if outer is not None:
+                outer(step, total)
+
+        token = PROGRESS.set(report)
+        try:
+            return await answer(ingress, model, dataclasses.replace(plan, job=job))
+        finally:
+            PROGRESS.reset(token)
+            board.tell("finish", rid)
 
     async def txt2img(request: Request) -> Response:
         return await generate(request, a1111.TXT2IMG)
@@ -141,4 +162,6 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
         route("/schedulers", schedulers, "GET", Operation("AUTOMATIC1111 schedule names")),
         route("/loras", loras, "GET", Operation("AUTOMATIC1111 LoRA networks (Lora extension)")),
         route("/refresh-loras", refresh_loras, "POST", Operation("Rescan the LoRA folders")),
+        *discovery_routes(route, client_of, auth.enabled),
+        *control_routes(route, client_of, board),
     ]

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from common.model_config import ModelConfig
 from serve_app.asgi.endpoints import generation_headers, owner_of, request_id_of
 from serve_app.dialects.base import Context, Dialect, Translation
+from serve_app.dialects.infotext import with_png_text
 from serve_app.dialects.loras import renamed_param
 from serve_app.inputs.fetch import ImageFetcher
 from serve_app.inputs.lora_urls import fetch_url_loras
@@ -58,12 +59,14 @@ async def translate_for(
     ingress: Ingress, dialect: Dialect[Any, Any], req: Any, model: ModelConfig, ctx: Context
 ) -> Translation[Any]:
     """Translate a parsed request for ``model``; adapters named by URL are fetched (once,
-    through the safe fetcher) and replaced by their cached files."""
+    through the safe fetcher) and replaced by their cached files. PNG outputs get A1111's
+    ``parameters`` text (``dialects/infotext.py``) unless the dialect wrote its own."""
     plan = await dialect.translate(req, model, ctx)
     param = LORA_PARAMS.get(dialect.name, plan.lora_param)
     fetcher = ctx.fetcher or ImageFetcher(ingress.args.images)
     job = await fetch_url_loras(plan.job, model, fetcher, param)
-    return dataclasses.replace(plan, job=job, lora_param=param)
+    spec = with_png_text(plan.spec, job, model)
+    return dataclasses.replace(plan, job=job, spec=spec, lora_param=param)
 
 
 async def answer(

@@ -15,7 +15,11 @@ from pydantic import BaseModel
 
 from common.errors import APIError
 from common.job import EncodedImage, EncodeSpec, GenerationJob, ImageEvent
-from serve_app.protocol.openai import ImageGenCompletedEvent, ImageGenPartialImageEvent
+from serve_app.protocol.openai import (
+    ImageGenCompletedEvent,
+    ImageGenPartialImageEvent,
+    ImageUsage,
+)
 from serve_app.streaming.sse import sse
 
 
@@ -28,13 +32,16 @@ class OpenAIStream:
         job: GenerationJob,
         spec: EncodeSpec,
         quality: str | None,
+        usage: ImageUsage | None = None,
     ) -> None:
         self.job = job
         self.prefix = prefix
+        # The whole request's usage, on every completed event.
+        self.usage = usage
         self.common: dict[str, Any] = {
             "background": "opaque",
             "output_format": spec.output_format,
-            "quality": quality,
+            "quality": quality or "auto",
             "size": f"{spec.width}x{spec.height}",
         }
 
@@ -62,6 +69,7 @@ class OpenAIStream:
                     created_at=now,
                     image_index=index,
                     seed=self.job.seeds[index],
+                    usage=self.usage,
                     **self.common,
                 )
             frames.append(sse(data, name))

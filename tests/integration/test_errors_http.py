@@ -20,7 +20,7 @@ ROUTE = "/v1/images/generations"
         ({"prompt": ""}, 400, "prompt", "invalid_request_error"),
         ({"prompt": "x", "n": 0}, 400, "n", "invalid_request_error"),
         ({"prompt": "x", "n": 11}, 400, "n", "invalid_request_error"),
-        ({"prompt": "x", "size": "640x480"}, 400, "size", "invalid_request_error"),
+        ({"prompt": "x", "size": "640x481"}, 400, "size", "invalid_request_error"),
         (
             {"prompt": "x", "response_format": "png"},
             400,

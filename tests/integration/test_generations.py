@@ -149,7 +149,7 @@ def test_models_list_includes_aliases(client: openai.OpenAI) -> None:
 
 def test_alias_routes_to_the_model(client: openai.OpenAI) -> None:
     raw = client.images.with_raw_response.generate(
-        prompt="a fox", model="dall-e-3", extra_body={"seed": 3}
+        prompt="a fox", model="dall-e-3", response_format="b64_json", extra_body={"seed": 3}
     )
     assert raw.headers["x-imagegen-model"] == "tiny-sdxl"
     direct = client.images.generate(prompt="a fox", model="tiny-sdxl", extra_body={"seed": 3})

@@ -23,7 +23,15 @@ from PIL import Image
 from tests.support.http import assert_error, webui_auth
 from tests.support.images import decode_b64
 
-OPENAI_MODEL_NAMES = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1.5", "gpt-image-1-mini"]
+OPENAI_MODEL_NAMES = [
+    "dall-e-2",
+    "dall-e-3",
+    "gpt-image-1",
+    "gpt-image-1.5",
+    "gpt-image-1-mini",
+    "gpt-image-2",
+    "chatgpt-image-latest",
+]
 FAST = {"num_inference_steps": 4}
 
 
@@ -73,7 +81,12 @@ def test_every_openai_model_name_generates(client: openai.OpenAI, name: str) -> 
     assert raw.headers["x-imagegen-model"] == "tiny-sdxl"
     result = raw.parse()
     assert [item.model_extra["seed"] for item in result.data] == [5]
-    assert decode_b64(result.data[0].b64_json).size == (256, 256)
+    if name.startswith("dall-e"):  # OpenAI's default response_format there is url
+        assert result.data[0].b64_json is None
+        download = httpx.get(result.data[0].url, timeout=30)
+        assert Image.open(io.BytesIO(download.content)).size == (256, 256)
+    else:
+        assert decode_b64(result.data[0].b64_json).size == (256, 256)
 
 
 def test_models_list_every_openai_model_name(client: openai.OpenAI) -> None:

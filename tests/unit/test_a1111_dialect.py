@@ -121,8 +121,10 @@ def test_unknown_sampler_lists_the_known_ones() -> None:
         ({"width": 3000, "height": 3000}, 400),
         ({"sampler_name": "Euler a", "scheduler": "Karras"}, 400),
         ({"scheduler": "align_your_steps"}, 400),
-        ({"enable_hr": True}, 400),
-        ({"alwayson_scripts": {"controlnet": {"args": []}}}, 400),
+        ({"enable_hr": True, "hr_upscaler": "4x-UltraSharp"}, 400),
+        ({"alwayson_scripts": {"controlnet": {"args": [{"image": "AA==", "model": "x"}]}}}, 400),
+        ({"restore_faces": True}, 400),
+        ({"script_name": "x/y/z plot"}, 400),
     ],
 )
 def test_bad_input_gets_a1111_status_and_shape(body: dict[str, Any], status: int) -> None:

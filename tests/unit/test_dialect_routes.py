@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from common.job import EncodedImage, GenerationJob
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle
+from tests.support.fakes import FakeHandle, resolved
 
 GENERATIONS = "/v1/images/generations"
 
@@ -65,7 +65,7 @@ async def _ok() -> bool:
 
 
 async def _encode(pixels: Any, spec: Any) -> list[EncodedImage]:
-    result = await pixels
+    result = await resolved(pixels)
     return [EncodedImage(b64_json="AA==") for _ in result]
 
 
@@ -77,7 +77,12 @@ def app(tmp_path: Path) -> App:
 @pytest.mark.parametrize(
     "body,headers,dialect,keys",
     [
-        ({"prompt": "x"}, {}, "openai", {"created", "data", "background", "output_format", "size"}),
+        (
+            {"prompt": "x"},
+            {},
+            "openai",
+            {"created", "data", "background", "output_format", "size", "usage"},
+        ),
         ({"prompt": "x", "steps": 4}, {}, "together", {"id", "model", "object", "data"}),
         (
             {"prompt": "x", "seed_increment": 1},

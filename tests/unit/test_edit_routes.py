@@ -17,7 +17,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob
 from deployments.encoder.codec import paste_outside_mask
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle
+from tests.support.fakes import FakeHandle, resolved
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
 UPLOAD_LIMIT = 256 * 1024
@@ -64,7 +64,7 @@ class App:
 
     async def _encode(self, pixels: Any, spec: EncodeSpec) -> list[EncodedImage]:
         self.specs.append(spec)
-        return [EncodedImage(b64_json="AA==") for _ in await pixels]
+        return [EncodedImage(b64_json="AA==") for _ in await resolved(pixels)]
 
 
 async def _ok() -> bool:
@@ -265,14 +265,44 @@ def test_bad_uploads(
     assert app.jobs == []
 
 
-def test_json_body_is_refused_with_a_hint(app: App) -> None:
-    response = app.client.post(EDITS, json={"prompt": "x", "image": "abc"})
-    assert response.status_code == 400
-    assert "multipart/form-data" in response.json()["error"]["message"]
-
-
 def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def test_json_body_edit_with_image_urls_and_a_mask(app: App) -> None:
+    body = {
+        "prompt": "x",
+        "images": [{"image_url": data_url(image_bytes(64, 48))}],
+        "mask": {"image_url": data_url(mask_bytes(64, 48))},
+        "size": None,
+        "n": None,
+        "quality": None,
+    }
+    response = app.client.post(EDITS, json=body)
+    assert response.status_code == 200, response.text
+    [job], [spec] = app.jobs, app.specs
+    assert job.mode == "inpaint" and spec.overlay is not None
+    assert response.json()["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"prompt": "x"}, "images"),
+        ({"prompt": "x", "images": []}, "images"),
+        ({"images": [{"image_url": "data:image/png;base64,AA=="}]}, "prompt"),
+        ({"prompt": "x", "images": [{"file_id": "file-1"}]}, "images[0].file_id"),
+        ({"prompt": "x", "images": [{}]}, "images[0].image_url"),
+        (
+            {"prompt": "x", "images": [{"image_url": "http://127.0.0.1/a.png"}]},
+            "images[0].image_url",
+        ),
+    ],
+)
+def test_json_body_edit_errors_name_the_field(app: App, body: dict[str, Any], param: str) -> None:
+    response = app.client.post(EDITS, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
 
 
 def test_together_image_url_as_a_data_url(app: App) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import APIError
 from common.job import EncodedImage
-from serve_app.dialects.openai import build_response, parse_generate, to_encode_spec, to_job
+from serve_app.dialects.openai import images_response, parse_generate, to_encode_spec, to_job
 from tests.support.models import dialect_model
 
 MODEL = dialect_model()
@@ -54,16 +54,17 @@ def test_model_limits(body: dict[str, Any], param: str) -> None:
 
 def test_encode_spec_keeps_the_requested_size() -> None:
     req = parse_generate({"prompt": "x", "size": "256x256", "output_format": "webp"})
-    spec = to_encode_spec(req, "r", "http://h/")
+    spec = to_encode_spec(req, MODEL, "r", "http://h/")
     assert (spec.width, spec.height, spec.output_format) == (256, 256, "webp")
 
 
 def test_response_shape_matches_openai() -> None:
     req = parse_generate({"prompt": "x", "size": "1536x1024", "output_format": "jpeg", "n": 2})
-    body = build_response(
-        req, [5, 6], [EncodedImage(b64_json="AA=="), EncodedImage(b64_json="AQ==")]
+    spec = to_encode_spec(req, MODEL, "r", None)
+    body = images_response(
+        req, spec, [5, 6], [EncodedImage(b64_json="AA=="), EncodedImage(b64_json="AQ==")]
     )
-    assert set(body) == {"created", "data", "background", "output_format", "size"}
+    assert set(body) == {"created", "data", "background", "output_format", "size", "usage"}
     assert body["size"] == "1536x1024" and body["output_format"] == "jpeg"
     assert body["data"] == [{"b64_json": "AA==", "seed": 5}, {"b64_json": "AQ==", "seed": 6}]
 
@@ -71,7 +72,8 @@ def test_response_shape_matches_openai() -> None:
 def test_response_refuses_a_count_mismatch() -> None:
     req = parse_generate({"prompt": "x", "n": 2})
     with pytest.raises(APIError):
-        build_response(req, [1, 2], [EncodedImage(b64_json="AA==")])
+        spec = to_encode_spec(req, MODEL, "r", None)
+        images_response(req, spec, [1, 2], [EncodedImage(b64_json="AA==")])
 
 
 def test_partial_images_only_apply_to_streams() -> None:

@@ -226,8 +226,8 @@ class StepLoop:
             self._fail(sub, error)
         live = [row for row in rows if not self._request(row).failed]
         self._send_previews(live)
-        finished = [row for row in live if row.done]
-        group.rows = [row for row in live if not row.done]
+        finished = [row for row in live if row.done or row.owner.finish_now]
+        group.rows = [row for row in live if not (row.done or row.owner.finish_now)]
         if group.cache is not None and len(group.rows) != len(rows):
             group.cache.invalidate()
         if finished:

@@ -26,6 +26,8 @@ class Submission:
     sent_partials: set[int] = field(default_factory=set)
     # Step mode: where the step loop (on the pipeline thread) sends this request's events.
     sink: Callable[[ImageEvent], None] | None = None
+    # Step mode: finish at the next step with the images as they stand (interrupts.py).
+    finish_now: bool = False
 
     @property
     def n(self) -> int:
