@@ -43,6 +43,8 @@ from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
 from deployments.model.families.base import Family
 from deployments.model.families.registry import FamilyFactory, load_family
+from deployments.model.hires import two_passes
+from deployments.model.interrupts import should_finish
 from deployments.model.lora.bank import LoraBank, bank_for
 from deployments.model.request_mode.batching import count_images, group_jobs
 from deployments.model.request_mode.engine import Engine, EngineFactory, diffusers_engine_factory
@@ -50,8 +52,6 @@ from deployments.model.request_mode.runner import run_groups
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.scheduler.step_loop import StepLoop
 from deployments.model.scheduler.submission import Submission
-from deployments.model.hires import two_passes
-from deployments.model.interrupts import should_finish
 
 logger = logging.getLogger("imagegen.model")
 
