@@ -158,19 +158,23 @@ def sampler_names() -> list[str]:
     return [s.name for s in _SAMPLER_LIST]
 
 
-def sampler_items() -> list[dict[str, object]]:
-    """``GET /sdapi/v1/samplers``: ``[{name, aliases, options}]`` as A1111 lists them."""
+def sampler_items(flow_matching: bool = False) -> list[dict[str, object]]:
+    """``GET /sdapi/v1/samplers``: ``[{name, aliases, options}]`` as A1111 lists them; for
+    a flow-matching model (FLUX, Qwen-Image) only ``Euler``, its flow-matching sampler."""
     return [
         {"name": s.name, "aliases": list(s.aliases), "options": {"diffusers": s.class_name}}
         for s in _SAMPLER_LIST
+        if not flow_matching or s.name == "Euler"
     ]
 
 
-def scheduler_items() -> list[dict[str, object]]:
-    """``GET /sdapi/v1/schedulers``: ``[{name, label, aliases, default_rho, need_inner_model}]``."""
+def scheduler_items(flow_matching: bool = False) -> list[dict[str, object]]:
+    """``GET /sdapi/v1/schedulers``: ``[{name, label, aliases, default_rho, need_inner_model}]``;
+    a flow-matching model has only its own schedule (``Automatic``)."""
     return [
         {"name": n, "label": label, "aliases": None, "default_rho": None, "need_inner_model": None}
         for n, label in SCHEDULE_LABELS.items()
+        if not flow_matching or n == "automatic"
     ]
 
 

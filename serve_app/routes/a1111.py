@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from common.errors import APIError
+from common.families import FLOW_MATCHING
 from common.model_config import ModelConfig
 from common.paths import A1111_API
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
@@ -131,13 +132,15 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
     async def img2img(request: Request) -> Response:
         return await generate(request, a1111_img2img.IMG2IMG)
 
+    def flow_matching(request: Request) -> bool:
+        """Whether the caller's current checkpoint samples by flow matching only."""
+        return current_model(client_of(request)).known_family() in FLOW_MATCHING
+
     async def samplers(request: Request) -> Response:
-        client_of(request)
-        return JSONResponse(sampler_items())
+        return JSONResponse(sampler_items(flow_matching(request)))
 
     async def schedulers(request: Request) -> Response:
-        client_of(request)
-        return JSONResponse(scheduler_items())
+        return JSONResponse(scheduler_items(flow_matching(request)))
 
     def route(path: str, endpoint: Any, method: str, operation: Operation) -> ApiRoute:
         return ApiRoute(A1111_API + path, api_endpoint(endpoint, "a1111"), method, operation)

@@ -188,3 +188,19 @@ def test_openai_sampler_is_a_400(client: openai.OpenAI, model: str) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         generate(client, model, size="256x256", extra_body={"sampler": "DPM++ 2M"})
     assert "flow-matching" in str(err.value)
+
+
+def test_a1111_lists_only_the_family_samplers(http: httpx.Client, model: str) -> None:
+    auth = webui_auth()
+    options = http.get("/sdapi/v1/options", headers=auth).json()
+    before = options["sd_model_checkpoint"]
+    try:
+        set_to = {**options, "sd_model_checkpoint": model}
+        assert http.post("/sdapi/v1/options", json=set_to, headers=auth).status_code == 200
+        samplers = [item["name"] for item in http.get("/sdapi/v1/samplers", headers=auth).json()]
+        schedules = [item["name"] for item in http.get("/sdapi/v1/schedulers", headers=auth).json()]
+        assert samplers == ["Euler"] and schedules == ["automatic"]
+    finally:
+        restore = {**options, "sd_model_checkpoint": before}
+        assert http.post("/sdapi/v1/options", json=restore, headers=auth).status_code == 200
+    assert len(http.get("/sdapi/v1/samplers", headers=auth).json()) > 1  # back on SDXL
