@@ -76,9 +76,12 @@ def retry_after(response: Response) -> float | None:
     """Seconds to wait before trying again, if the answer was a full or cold queue."""
     if response.status_code not in (429, 503):
         return None
-    code = error_code(response)
-    if code not in RETRYABLE_CODES:
+    if error_code(response) not in RETRYABLE_CODES:
         return None
+    return retry_wait(response)
+
+
+def retry_wait(response: Response) -> float:
     header = response.headers.get("retry-after", "1")
     return min(float(header) if header.isdigit() else 1.0, MAX_REQUEUE_WAIT_S)
 
@@ -178,8 +181,11 @@ class JobExecutor:
                     await asyncio.sleep(wait)
                     continue
                 update = outcome(response)
-                if error_code(response) in RERUN_CODES and await self._next_attempt(job):
-                    continue
+                if error_code(response) in RERUN_CODES and job.record.attempt < self.max_attempts:
+                    # Serve is replacing the replica: wait as a client would, then rerun.
+                    await asyncio.sleep(retry_wait(response))
+                    if await self._next_attempt(job):
+                        continue
                 break
         except asyncio.CancelledError:
             if job.lost:
@@ -193,8 +199,6 @@ class JobExecutor:
         return await self._finish(job, update)
 
     async def _next_attempt(self, job: ActiveJob) -> bool:
-        if job.record.attempt >= self.max_attempts:
-            return False
         attempt = job.record.attempt + 1
         logger.warning("job %s: a model replica failed; attempt %d", job.record.id, attempt)
         return await self.write(job, attempt=attempt, status="queued", progress=None)
