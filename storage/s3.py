@@ -115,15 +115,15 @@ class S3ImageStore:
         )
 
     def get(self, key: str) -> bytes | None:
-        if not valid_key(key):
-            return None
-        response = self._call("get_object", Key=self._full(key))
-        return None if response is None else response["Body"].read()
+        found = self.get_versioned(key)
+        return None if found is None else found.data
+
+    def _object(self, operation: str, key: str) -> Any:
+        """``get_object`` or ``head_object``; ``None`` for a missing object or bad key."""
+        return self._call(operation, Key=self._full(key)) if valid_key(key) else None
 
     def head(self, key: str) -> ObjectInfo | None:
-        if not valid_key(key):
-            return None
-        response = self._call("head_object", Key=self._full(key))
+        response = self._object("head_object", key)
         if response is None:
             return None
         return ObjectInfo(
@@ -135,9 +135,7 @@ class S3ImageStore:
         )
 
     def get_versioned(self, key: str) -> Versioned | None:
-        if not valid_key(key):
-            return None
-        response = self._call("get_object", Key=self._full(key))
+        response = self._object("get_object", key)
         if response is None:
             return None
         return Versioned(response["Body"].read(), response["ETag"])
