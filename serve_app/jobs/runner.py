@@ -41,7 +41,10 @@ from storage.jobs import JobRecord, JobStore, LostLease, Progress, VersionedJob
 logger = logging.getLogger("imagegen.jobs")
 
 RETRYABLE_CODES = frozenset({"overloaded", "model_cold_start", "unavailable"})
-RERUN_CODES = frozenset({"replica_failed"})
+# Run again (next attempt): the model replica died under the job, or the attempt ran
+# past ingress.request_timeout_s, which is how Ray 2.60 ends a call whose replica went
+# with its node (measured in tests/integration/test_multinode.py).
+RERUN_CODES = frozenset({"replica_failed", "timeout"})
 MAX_REQUEUE_WAIT_S = 5.0
 # What the replica holding a job writes; everything else (webhook attempts) it keeps
 # as stored, so other writers' changes survive its writes.
