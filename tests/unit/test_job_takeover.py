@@ -16,7 +16,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from serve_app.routes import asgi_app
-from tests.unit.test_job_routes import StreamingModel, make_ingress, wait_for
+from tests.support.webhook_receiver import webhook_receiver
+from tests.unit.test_job_routes import HOOK_HOST, SECRET, StreamingModel, make_ingress, wait_for
 
 ASYNC = {"prefer": "respond-async"}
 LEASE_S = 2.0  # make_ingress's jobs.lease_s
@@ -129,3 +130,45 @@ def test_a_replica_that_lost_its_lease_stops_and_writes_nothing(tmp_path: Path) 
         time.sleep(0.5)
     after = json.loads(path.read_text())
     assert after == record  # not one more write from the replica that lost the lease
+
+
+class HangsOnce(StreamingModel):
+    """The first call never answers (its replica went with its node); later ones do."""
+
+    def remote(self, job: Any) -> Any:
+        stream = super().remote(job)
+        if len(self.streams) == 1:
+            stream.step_s = 3600
+        return stream
+
+
+def test_an_attempt_past_the_deadline_runs_again(tmp_path: Path) -> None:
+    model = HangsOnce()
+    ingress = make_ingress(tmp_path, model)
+    short = ingress.args.ingress.model_copy(update={"request_timeout_s": 0.5})
+    ingress.args = ingress.args.model_copy(update={"ingress": short})
+    with TestClient(asgi_app(ingress)) as client:
+        made = client.post("/v1/images/generations", json={"prompt": "x"}, headers=ASYNC)
+        done = wait_for(client, made.json()["id"], "succeeded")
+    assert done["attempt"] == 2 and len(model.jobs) == 2
+
+
+def test_a_rerun_job_keeps_its_webhook_ids(tmp_path: Path) -> None:
+    with webhook_receiver(HOOK_HOST, SECRET) as receiver:
+        body = {
+            "prompt": "x",
+            "webhook_url": receiver.url(),
+            "webhook_events": ["started", "completed"],
+        }
+        job_id = job_left_running(tmp_path, body)
+        with replica(tmp_path, StreamingModel()) as survivor:
+            wait_for(survivor, job_id, "succeeded")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(receiver.deliveries) < 3:
+                time.sleep(0.05)
+    events = [(d.verified["type"], d.headers["webhook-id"]) for d in receiver.deliveries]
+    assert sorted(events) == [
+        ("image.job.completed", f"msg_{job_id}_completed"),
+        ("image.job.started", f"msg_{job_id}_started"),  # attempt 1
+        ("image.job.started", f"msg_{job_id}_started"),  # attempt 2: the same id
+    ]
