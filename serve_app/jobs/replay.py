@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from urllib3 import encode_multipart_formdata
 
+from common.errors import invalid
 from serve_app.asgi.endpoints import OWNER_SCOPE_KEY, REQUEST_ID_SCOPE_KEY
 from storage.job_requests import FormPart, StoredRequest, UploadedFile
 
@@ -68,6 +69,10 @@ def capture(
         if k.decode("latin-1").lower() not in DROPPED_HEADERS
     ]
     server = scope.get("server")
+    try:
+        text = body.decode("utf-8") if form is None else None
+    except UnicodeDecodeError:  # json.loads also takes UTF-16/32; a stored job does not
+        raise invalid("An async job's JSON body must be UTF-8.", code="invalid_json") from None
     stored = StoredRequest(
         endpoint=endpoint,
         scheme=scope.get("scheme", "http"),
@@ -75,7 +80,7 @@ def capture(
         root_path=scope.get("root_path", ""),
         headers=[(k, v) for k, v in headers if form is None or k.lower() != "content-type"],
         context={k: str(scope[k]) for k in CONTEXT_KEYS if k in scope},
-        body=body.decode("utf-8") if form is None else None,
+        body=text,
     )
     if form is None:
         return stored, None

@@ -172,3 +172,15 @@ def test_a_rerun_job_keeps_its_webhook_ids(tmp_path: Path) -> None:
         ("image.job.started", f"msg_{job_id}_started"),  # attempt 1
         ("image.job.started", f"msg_{job_id}_started"),  # attempt 2: the same id
     ]
+
+
+def test_a_body_that_cannot_be_stored_is_a_clear_400(tmp_path: Path) -> None:
+    with replica(tmp_path, StreamingModel()) as client:
+        utf16 = json.dumps({"prompt": "x"}).encode("utf-16")
+        made = client.post(
+            "/v1/images/generations",
+            content=utf16,
+            headers={**ASYNC, "content-type": "application/json"},
+        )
+    assert made.status_code == 400, made.text
+    assert made.json()["error"]["code"] == "invalid_json"
