@@ -196,7 +196,7 @@ class JobsConfig(StrictModel):
 
     enabled: bool = True
     max_queued: int = Field(
-        default=256, ge=1, description="Unfinished jobs per ingress replica; 429 past it."
+        default=256, ge=1, description="Unfinished jobs in the whole app; 429 past it."
     )
     max_running: int = Field(
         default=32, ge=1, description="Jobs one ingress replica sends to the models at once."
@@ -205,7 +205,13 @@ class JobsConfig(StrictModel):
         default=1800.0, gt=0, description="How long a job may wait for a full model queue."
     )
     lease_s: float = Field(
-        default=30.0, gt=0, description="A running job whose lease is this old is worker_lost."
+        default=30.0, gt=0, description="A job whose lease is this old is taken over."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts a job gets (a takeover or a failed model replica starts the "
+        "next); past them it is failed with its last error.",
     )
     heartbeat_s: float = Field(default=5.0, gt=0, description="How often leases are renewed.")
     sweep_interval_s: float = Field(default=60.0, gt=0)

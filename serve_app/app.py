@@ -22,6 +22,7 @@ from deployments.model.request_mode.engine import EngineFactory
 from deployments.model.server import ModelServer
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
+from storage.factory import check_store_fits_cluster
 
 logger = logging.getLogger("imagegen.app")
 
@@ -40,8 +41,22 @@ def url_signing_key() -> str:
     return secrets.token_hex(32)
 
 
+def alive_nodes() -> int:
+    """Alive nodes of the Ray cluster this process is connected to (0: none)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 class IngressDeployment(Ingress):
     """The ingress as a Serve deployment: :class:`Ingress` plus its HTTP app."""
+
+    def __init__(self, args: ImageServingArgs | dict[str, Any], *rest: Any) -> None:
+        # At every replica start too: nodes may have joined since the app was built.
+        check_store_fits_cluster(ImageServingArgs.model_validate(args).storage, alive_nodes())
+        super().__init__(args, *rest)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return asgi_app(self)
@@ -59,6 +74,7 @@ def build_app_with_engine(
     """:func:`build_app` with ``engine_factory`` replacing the diffusers engine in every
     model deployment (tests inject faults through it)."""
     config = ImageServingArgs.model_validate(args)
+    check_store_fits_cluster(config.storage, alive_nodes())
     signing_key = url_signing_key()
     models = {}
     for model in config.models:

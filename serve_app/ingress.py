@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from starlette.requests import Request
 
 from common import limits
@@ -147,20 +147,34 @@ class Ingress:
         async with asyncio.timeout(self.args.ingress.request_timeout_s):
             return await self.encoder.encode.remote(pixels, spec)
 
-    def stream_images(
+    async def stream_images(
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat
     ) -> AsyncIterator[str]:
-        """The SSE frames of one streamed request. The job is checked now, before the
-        response starts, so a bad job is a plain 4xx rather than an in-band error."""
+        """The SSE frames of one streamed request. The job is checked, and the model
+        call admitted to a replica, before the response starts: a bad job is a plain
+        4xx, and a full model queue the same 429 (or cold-start 503) with
+        ``Retry-After`` as for a plain request, never a 200 with an in-band error."""
         limits.check_job(model, job, spec)
-        return self._stream_frames(model, job, spec, fmt)
+        stream = self.models[model.id].options(stream=True).generate_stream.remote(job)
+        try:
+            async with asyncio.timeout(self.args.ingress.request_timeout_s):
+                await admitted(stream)
+        except BaseException as exc:
+            stream.cancel()
+            if is_backpressure(exc) and await self._is_cold(model):
+                raise model_starting(model.id, model.cold_start_retry_after_s) from None
+            raise
+        return self._stream_frames(stream, job, spec, fmt)
 
     async def _stream_frames(
-        self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat
+        self,
+        stream: DeploymentResponseGenerator,
+        job: GenerationJob,
+        spec: EncodeSpec,
+        fmt: StreamFormat,
     ) -> AsyncIterator[str]:
         """Previews and finals through the encoder, within the request deadline. If the
         client goes away, the model request is cancelled (its rows leave the batch)."""
-        stream = self.models[model.id].options(stream=True).generate_stream.remote(job)
         finished = False
         try:
             async with asyncio.timeout(self.args.ingress.request_timeout_s):
@@ -217,6 +231,16 @@ class Ingress:
 
 async def _resolve(response: DeploymentResponse) -> Any:
     return await response
+
+
+async def admitted(stream: DeploymentResponseGenerator) -> None:
+    """Wait until Serve's router has given a streamed call a replica: this is where a
+    full queue (``BackPressureError``) surfaces. Ray has no public call for it; the
+    first item would also wait for the first image. Without the private hook (another
+    Ray), the stream starts as before and a refusal is reported in band."""
+    fetch = getattr(stream, "_fetch_future_result_async", None)
+    if fetch is not None:
+        await fetch()
 
 
 async def serve_running_replicas(deployment: str) -> int:

@@ -25,6 +25,7 @@ from common.formats import CONTENT_TYPES
 OUTPUTS_PREFIX = "outputs/"
 PUBLIC_PREFIX = "public/"
 IMAGES_PREFIX = "images/"
+JOBS_PREFIX = "jobs/"
 JSON_CONTENT_TYPE = "application/json"
 
 _SEGMENT = r"[A-Za-z0-9_-]{1,128}"
@@ -44,6 +45,14 @@ class ObjectInfo:
     content_type: str
     last_modified: float
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and the version tag (S3's ``ETag``) a conditional write names."""
+
+    data: bytes
+    etag: str
 
 
 class ImageStore(Protocol):
@@ -75,6 +84,16 @@ class ImageStore(Protocol):
 
     def presign(self, key: str, ttl_s: int, base_url: str | None = None) -> str:
         """A URL that fetches ``key`` without credentials until ``ttl_s`` from now."""
+        ...
+
+    def get_versioned(self, key: str) -> Versioned | None:
+        """The bytes with their version tag; ``None`` if absent or the key is invalid."""
+        ...
+
+    def put_if(self, key: str, data: bytes, content_type: str, if_match: str | None) -> str | None:
+        """Compare-and-swap: write only if the object's tag is still ``if_match`` (or, with
+        ``None``, only if no object exists). -> the new tag, or ``None`` if another
+        writer got there first (nothing was written)."""
         ...
 
 

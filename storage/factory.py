@@ -20,6 +20,18 @@ def make_store(config: StorageConfig | dict[str, Any], signing_key: str) -> Imag
     return LocalImageStore(config.local_dir, UrlSigner(signing_key, config.url_ttl_s))
 
 
+def check_store_fits_cluster(config: StorageConfig, nodes: int) -> None:
+    """A local folder is one node's: with more nodes, ``url`` images written by an
+    encoder on one node are missing on the others, and so are job records."""
+    if config.kind == "local" and nodes > 1:
+        raise ValueError(
+            f"storage.kind is 'local' but this Ray cluster has {nodes} nodes: a local "
+            "folder is visible on one node only, so images and jobs written on one node "
+            "would be missing on the others. Use storage.kind: s3 (AWS S3, MinIO or GCS "
+            "interop) for more than one node; see docs/deploy.md."
+        )
+
+
 def start_expiry(store: ImageStore, config: StorageConfig) -> Sweeper | None:
     """Local outputs need a sweeper; S3 expires them with the lifecycle rule it installed."""
     if isinstance(store, LocalImageStore):

@@ -10,18 +10,22 @@ and carry an HMAC over key and expiry; a :class:`Sweeper` deletes expired output
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
 from common.paths import default_cache_root
 from storage.base import (
     ObjectInfo,
+    Versioned,
     check_key,
     check_metadata,
     check_prefix,
@@ -33,6 +37,12 @@ logger = logging.getLogger("imagegen.storage")
 
 FILES_ROUTE = "/v1/images/files"
 _META_DIR = ".meta"
+_LOCK_DIR = ".locks"
+
+
+def etag_of(data: bytes) -> str:
+    """The local store's version tag: a digest of the bytes, as S3's ETag is for a PUT."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 class LocalImageStore:
@@ -99,6 +109,54 @@ class LocalImageStore:
             last_modified=stat.st_mtime,
             metadata=dict(sidecar["metadata"]),
         )
+
+    def get_versioned(self, key: str) -> Versioned | None:
+        data = self.get(key)
+        return None if data is None else Versioned(data, etag_of(data))
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """An exclusive ``flock`` per key: conditional writes from every process on this
+        node are serialised (the local store is one node's, see ``storage.factory``)."""
+        lock = self.root / _LOCK_DIR / f"{check_key(key)}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def put_if(self, key: str, data: bytes, content_type: str, if_match: str | None) -> str | None:
+        """Compare the current digest with ``if_match`` under the key's lock, then write by
+        an atomic rename; a create (``if_match=None``) links the staged file in, which
+        fails if the object exists."""
+        path = self._path(key)
+        with self._locked(key):
+            if if_match is None:
+                return self._create(key, path, data, content_type)
+            try:
+                current = path.read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if etag_of(current) != if_match:
+                return None
+            self.put(key, data, content_type)
+        return etag_of(data)
+
+    def _create(self, key: str, path: Path, data: bytes, content_type: str) -> str | None:
+        sidecar = {"content_type": content_type, "metadata": {}}
+        self._write_atomically(self._meta_path(key), json.dumps(sidecar).encode())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            staging.write_bytes(data)
+            os.link(staging, path)
+        except FileExistsError:
+            return None
+        finally:
+            staging.unlink(missing_ok=True)
+        return etag_of(data)
 
     def delete(self, key: str) -> None:
         if not valid_key(key):

@@ -17,6 +17,7 @@ from common.errors import StorageUnavailable
 from storage.base import (
     OUTPUTS_PREFIX,
     ObjectInfo,
+    Versioned,
     check_key,
     check_metadata,
     check_prefix,
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("imagegen.storage")
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+# A conditional PUT that lost: 412 when the ETag moved, 409 when a concurrent
+# conditional write to the same key is in progress (S3 asks the loser to retry), and
+# 404 when the object it meant to replace was deleted meanwhile.
+_LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", *_MISSING}
 DAY_S = 24 * 3600
 
 
@@ -110,15 +115,15 @@ class S3ImageStore:
         )
 
     def get(self, key: str) -> bytes | None:
-        if not valid_key(key):
-            return None
-        response = self._call("get_object", Key=self._full(key))
-        return None if response is None else response["Body"].read()
+        found = self.get_versioned(key)
+        return None if found is None else found.data
+
+    def _object(self, operation: str, key: str) -> Any:
+        """``get_object`` or ``head_object``; ``None`` for a missing object or bad key."""
+        return self._call(operation, Key=self._full(key)) if valid_key(key) else None
 
     def head(self, key: str) -> ObjectInfo | None:
-        if not valid_key(key):
-            return None
-        response = self._call("head_object", Key=self._full(key))
+        response = self._object("head_object", key)
         if response is None:
             return None
         return ObjectInfo(
@@ -128,6 +133,36 @@ class S3ImageStore:
             last_modified=response["LastModified"].timestamp(),
             metadata=dict(response.get("Metadata", {})),
         )
+
+    def get_versioned(self, key: str) -> Versioned | None:
+        response = self._object("get_object", key)
+        if response is None:
+            return None
+        return Versioned(response["Body"].read(), response["ETag"])
+
+    def put_if(self, key: str, data: bytes, content_type: str, if_match: str | None) -> str | None:
+        """S3 conditional writes: ``If-Match: <etag>`` to replace, ``If-None-Match: *``
+        to create. A lost race (412/409) is ``None``; the object is left as it was."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._full(check_key(key)),
+                Body=data,
+                ContentType=content_type,
+                **condition,
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {}).get("Code")
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+            if error in _LOST_RACE or status in _LOST_RACE:
+                return None
+            raise StorageUnavailable(f"S3 conditional put_object failed: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - botocore transport errors
+            raise StorageUnavailable(f"S3 conditional put_object failed: {exc}") from exc
+        return str(response["ETag"])
 
     def delete(self, key: str) -> None:
         if valid_key(key):

@@ -1,20 +1,22 @@
-"""Runs accepted jobs in the background of one ingress replica, and keeps their records.
+"""Runs accepted jobs in the background of an ingress replica, and keeps their records.
 
 A job is the wrapped route's own code (``/v1/images/generations`` and the rest) run on
-a replayed copy of the request (:class:`StoredCall`), in a task of its own with
+its stored request (``serve_app.jobs.replay``), in a task of its own with
 ``serve_app.ingress.PROGRESS`` set, so the model reports every denoising step to it.
 Its answer becomes the job's ``result`` (2xx) or ``error`` (the OpenAI error object).
 
-Admission: at most ``jobs.max_queued`` unfinished jobs per replica (429 past it) and
-``jobs.max_running`` sent to the models at once. A job that meets a full model queue
-(429 ``overloaded``) or a cold model (503) stays ``queued`` and tries again after the
+Admission: at most ``jobs.max_queued`` unfinished jobs in the whole app (the shared
+ledger of ``serve_app.jobs.admission``; 429 past it) and ``jobs.max_running`` sent to
+the models at once by one replica. A job that meets a full model queue (429
+``overloaded``) or a cold model (503) stays ``queued`` and tries again after the
 answer's ``Retry-After``, for up to ``jobs.queue_timeout_s``; it becomes ``running``
-at its first denoising step.
+at its first denoising step. A model replica that died under it (``replica_failed``)
+starts the next attempt here, up to ``jobs.max_attempts``.
 
-Leases: a ticker renews the lease of every job this replica holds every
-``jobs.heartbeat_s`` and writes fresh progress; it also picks up cancel requests made
-on other replicas (``storage.jobs`` cancel markers). If the replica dies, the lease
-runs out and readers (or the sweeper) settle the job as ``worker_lost``.
+Leases (``serve_app.jobs.leases``): this replica renews the lease of every job it
+holds every ``jobs.heartbeat_s``. Every write is conditional on the version it last
+wrote; a write that finds the job taken over, cancelled or finished elsewhere
+(``LostLease``) stops the job here at once, and nothing more of it is written.
 """
 
 from __future__ import annotations
@@ -24,56 +26,51 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
-from common.config import ImageServingArgs
 from common.errors import APIError, from_exception
 from common.request_context import REQUEST_ID
 from serve_app.ingress import PROGRESS
-from serve_app.jobs.webhooks import WebhookSender
-from storage.base import ImageStore
-from storage.jobs import JobRecord, JobStore, Progress, WebhookAttempt
+from serve_app.jobs.replay import StoredCall
+from storage.jobs import JobRecord, JobStore, LostLease, Progress, VersionedJob
 
 logger = logging.getLogger("imagegen.jobs")
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 RETRYABLE_CODES = frozenset({"overloaded", "model_cold_start", "unavailable"})
+# Run again (next attempt): the model replica died under the job, or the attempt ran
+# past ingress.request_timeout_s, which is how Ray 2.60 ends a call whose replica went
+# with its node (measured in tests/integration/test_multinode.py).
+RERUN_CODES = frozenset({"replica_failed", "timeout"})
 MAX_REQUEUE_WAIT_S = 5.0
-TICK_S = 1.0
-
-
-@dataclass
-class StoredCall:
-    """A request to replay into a route: its scope (path set to the route) and body."""
-
-    endpoint: Endpoint
-    scope: dict[str, Any]
-    body: bytes
-
-    def request(self) -> Request:
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": self.body, "more_body": False}
-            await asyncio.Event().wait()  # never a disconnect: the job owns the request
-            raise AssertionError("unreachable")
-
-        return Request(self.scope, receive)
+# What the replica holding a job writes; everything else (webhook attempts) it keeps
+# as stored, so other writers' changes survive its writes.
+OWN_FIELDS = (
+    "status",
+    "progress",
+    "result",
+    "error",
+    "started_at",
+    "finished_at",
+    "expires_at",
+    "lease_expires_at",
+    "attempt",
+    "holder",
+)
 
 
 @dataclass
 class ActiveJob:
+    """A job this replica holds: the record as last written, and its version tag."""
+
     record: JobRecord
+    etag: str
     task: asyncio.Task[None] | None = None
     cancel: bool = False
+    lost: bool = False
     dirty: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -82,174 +79,135 @@ def retry_after(response: Response) -> float | None:
     """Seconds to wait before trying again, if the answer was a full or cold queue."""
     if response.status_code not in (429, 503):
         return None
-    try:
-        code = json.loads(bytes(response.body))["error"]["code"]
-    except (AttributeError, ValueError, KeyError, TypeError):
+    if error_code(response) not in RETRYABLE_CODES:
         return None
-    if code not in RETRYABLE_CODES:
-        return None
+    return retry_wait(response)
+
+
+def retry_wait(response: Response) -> float:
     header = response.headers.get("retry-after", "1")
     return min(float(header) if header.isdigit() else 1.0, MAX_REQUEUE_WAIT_S)
 
 
-class JobRunner:
-    """The jobs of one ingress replica: submit, read, list, cancel; leases and sweeps."""
+def error_code(response: Response) -> str | None:
+    try:
+        return str(json.loads(bytes(response.body))["error"]["code"])
+    except (AttributeError, ValueError, KeyError, TypeError):
+        return None
+
+
+class JobExecutor:
+    """Runs and writes the jobs one replica holds; ``holder`` is this replica's token."""
 
     def __init__(
-        self, store: ImageStore, args: ImageServingArgs, webhooks: WebhookSender | None
+        self,
+        jobs: JobStore,
+        holder: str,
+        max_running: int,
+        queue_timeout_s: float,
+        max_attempts: int,
+        url_ttl_s: int,
+        on_started: Callable[[JobRecord], None],
     ) -> None:
-        self.jobs = JobStore(store)
-        self.args = args
-        self.config = args.jobs
-        self.webhooks = webhooks
+        self.jobs = jobs
+        self.on_started = on_started
+        self.holder = holder
+        self.max_running = max_running
+        self.queue_timeout_s = queue_timeout_s
+        self.max_attempts = max_attempts
+        self.url_ttl_s = url_ttl_s
         self.active: dict[str, ActiveJob] = {}
         self._slots: asyncio.Semaphore | None = None
-        self._background: set[asyncio.Task[Any]] = set()
-        self._ticker: asyncio.Task[None] | None = None
-        self._attempts_lock = asyncio.Lock()
 
-    # -- admission and submission ---------------------------------------------------
+    # -- writing ------------------------------------------------------------------------
 
-    def new_record(
-        self,
-        job_id: str,
-        owner: str,
-        endpoint: str,
-        model: str | None,
-        webhook_url: str | None,
-        webhook_events: list[str],
-    ) -> JobRecord:
-        now = time.time()
-        return JobRecord(
-            id=job_id,
-            owner=owner,
-            endpoint=endpoint,
-            status="queued",
-            created_at=int(now),
-            model=model,
-            expires_at=int(
-                now
-                + self.config.queue_timeout_s
-                + self.args.ingress.request_timeout_s
-                + self.args.storage.url_ttl_s
-            ),
-            lease_expires_at=now + self.config.lease_s,
-            webhook_url=webhook_url,
-            webhook_events=webhook_events if webhook_url else [],
-        )
+    async def write(self, job: ActiveJob, **update: Any) -> bool:
+        """Apply ``update`` to the job and store it if this replica still holds it.
 
-    def check_capacity(self) -> None:
-        if len(self.active) >= self.config.max_queued:
-            raise APIError(
-                "rate_limited",
-                f"{len(self.active)} jobs are waiting on this server (jobs.max_queued); "
-                "retry after a short wait.",
-                code="too_many_jobs",
-                headers={"retry-after": "5"},
+        -> False once the job moved on elsewhere: it is marked lost and its task is
+        cancelled, and nothing of it is written again."""
+        async with job.lock:
+            if job.lost:
+                return False
+            held = job.record.attempt
+            local = job.record.model_copy(update=update)
+
+            def mine(fresh: JobRecord) -> JobRecord:
+                if fresh.holder != self.holder or fresh.attempt != held or not fresh.active:
+                    raise LostLease(fresh.status)
+                return fresh.model_copy(update={f: getattr(local, f) for f in OWN_FIELDS})
+
+            known = VersionedJob(job.record, job.etag)
+            try:
+                written = await asyncio.to_thread(
+                    self.jobs.update, local.owner, local.id, mine, known
+                )
+            except LostLease as lost:
+                written = None
+                logger.warning("job %s: lost its lease here (now %s)", local.id, lost)
+            if written is None:
+                self._lose(job)
+                return False
+            # Progress may have moved on while this write was in flight: keep it, and
+            # stay dirty until it is written too.
+            job.record = job.record.model_copy(
+                update={**update, "webhook_attempts": written.record.webhook_attempts}
             )
+            job.etag = written.etag
+            job.dirty = any(
+                getattr(job.record, f) != getattr(written.record, f) for f in OWN_FIELDS
+            )
+            return True
 
-    async def submit(self, record: JobRecord, call: StoredCall) -> JobRecord:
-        """Store the job, then run it in the background; the record is the 202 body."""
-        self.check_capacity()
-        self.start()
-        job = ActiveJob(record)
-        self.active[record.id] = job  # holds its place before the first await
-        try:
-            await asyncio.to_thread(self.jobs.save, record)
-        except BaseException:
-            self.active.pop(record.id, None)
-            raise
-        job.task = asyncio.create_task(self._run(job, call), name=f"job {record.id}")
-        return record
+    def _lose(self, job: ActiveJob) -> None:
+        job.lost = True
+        current = asyncio.current_task()
+        if job.task is not None and job.task is not current:
+            job.task.cancel()
 
-    # -- reading ----------------------------------------------------------------------
+    # -- running ------------------------------------------------------------------------
 
-    async def get(self, owner: str, job_id: str) -> JobRecord | None:
-        """The freshest view: this replica's own copy while it runs the job, else the store
-        (a lease found expired there is settled as ``worker_lost`` first)."""
-        self.start()
-        local = self.active.get(job_id)
-        if local is not None and local.record.owner == owner:
-            return local.record
-        record = await asyncio.to_thread(self.jobs.get, owner, job_id)
-        if record is None or job_id in self.active:
-            return record
-        return await self._settle(record)
-
-    async def list(self, owner: str, limit: int, after: str | None) -> tuple[list[JobRecord], bool]:
-        self.start()
-        records, more = await asyncio.to_thread(self.jobs.list, owner, limit, after)
-        fresh = []
-        for record in records:
-            local = self.active.get(record.id)
-            fresh.append(local.record if local is not None else await self._settle(record))
-        return fresh, more
-
-    async def _settle(self, record: JobRecord) -> JobRecord:
-        if not record.lease_expired(time.time()):
-            return record
-        settled = await asyncio.to_thread(self.jobs.settle_lost, record)
-        logger.warning("job %s: its replica stopped holding it (worker_lost)", record.id)
-        self._spawn(self._notify(settled, "completed"))
-        return settled
-
-    async def cancel(self, record: JobRecord) -> JobRecord:
-        """Cancel an unfinished job: here at once (its rows leave at the next step), or
-        through a cancel marker the replica running it picks up at its next tick."""
-        if not record.active:
-            return record
-        local = self.active.get(record.id)
-        if local is not None and local.task is not None:
-            local.cancel = True
-            local.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(local.task), timeout=10)
-            return local.record
-        await asyncio.to_thread(self.jobs.request_cancel, record)
-        now = time.time()
-        cancelled = record.model_copy(
-            update={
-                "status": "cancelled",
-                "finished_at": int(now),
-                "expires_at": int(now + self.args.storage.url_ttl_s),
-                "lease_expires_at": None,
-            }
-        )
-        await asyncio.to_thread(self.jobs.save, cancelled)
-        return cancelled
-
-    # -- running ----------------------------------------------------------------------
-
-    async def _run(self, job: ActiveJob, call: StoredCall) -> None:
+    async def run(self, job: ActiveJob, call: StoredCall) -> bool:
+        """Run the job to its end here. -> True if this replica wrote its final state."""
         PROGRESS.set(lambda step, total: self._on_progress(job, step, total))
         REQUEST_ID.set(str(call.scope.get("imagegen.request_id", job.record.id)))
-        deadline = time.monotonic() + self.config.queue_timeout_s
+        deadline = time.monotonic() + self.queue_timeout_s
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self.config.max_running)
+            self._slots = asyncio.Semaphore(self.max_running)
         update: dict[str, Any]
         try:
             while True:
                 async with self._slots:
                     response = await call.endpoint(call.request())
                 wait = retry_after(response)
-                if wait is None or time.monotonic() + wait > deadline:
-                    break
-                await asyncio.sleep(wait)
-            update = outcome(response)
+                if wait is not None and time.monotonic() + wait <= deadline:
+                    await asyncio.sleep(wait)
+                    continue
+                update = outcome(response)
+                if error_code(response) in RERUN_CODES and job.record.attempt < self.max_attempts:
+                    # Serve is replacing the replica: wait as a client would, then rerun.
+                    await asyncio.sleep(retry_wait(response))
+                    if await self._next_attempt(job):
+                        continue
+                break
         except asyncio.CancelledError:
+            if job.lost:
+                return False  # taken over, or cancelled elsewhere: write nothing
             if not job.cancel:
-                raise  # the replica is stopping: the lease runs out, readers see worker_lost
+                raise  # the replica is stopping: the lease runs out, another takes over
             update = {"status": "cancelled"}
         except Exception as exc:  # noqa: BLE001 - recorded on the job
             error = from_exception(exc, job.record.id).body()["error"]
             update = {"status": "failed", "error": error}
-        try:
-            await self._finish(job, update)
-        finally:
-            self.active.pop(job.record.id, None)  # already gone once the save succeeded
-        self._spawn(self._notify(job.record, "completed"))
+        return await self._finish(job, update)
+
+    async def _next_attempt(self, job: ActiveJob) -> bool:
+        attempt = job.record.attempt + 1
+        logger.warning("job %s: a model replica failed; attempt %d", job.record.id, attempt)
+        return await self.write(job, attempt=attempt, status="queued", progress=None)
 
     def _on_progress(self, job: ActiveJob, step: int, total: int) -> None:
+        """Progress goes to the store at the next tick; the first step sends ``started``."""
         first = job.record.status == "queued"
         update: dict[str, Any] = {"progress": Progress(step=step, total_steps=total)}
         if first:
@@ -257,114 +215,30 @@ class JobRunner:
         job.record = job.record.model_copy(update=update)
         job.dirty = True
         if first:
-            self._spawn(self._notify(job.record, "started"))
+            self.on_started(job.record)
 
-    async def _finish(self, job: ActiveJob, update: dict[str, Any]) -> None:
+    async def _finish(self, job: ActiveJob, update: dict[str, Any]) -> bool:
+        if update["status"] != "cancelled" and await asyncio.to_thread(
+            self.jobs.cancel_requested, job.record
+        ):
+            update = {"status": "cancelled"}
         now = time.time()
-        async with job.lock:
-            if update["status"] != "cancelled" and await asyncio.to_thread(
-                self.jobs.cancel_requested, job.record
-            ):
-                update = {"status": "cancelled"}
-            update.update(
-                finished_at=int(now),
-                expires_at=int(now + self.args.storage.url_ttl_s),
-                lease_expires_at=None,
-            )
-            job.record = job.record.model_copy(update=update)
-            await asyncio.to_thread(self.jobs.save, job.record)
-            # Under the lock: a webhook attempt recorded from now on goes to the store.
-            self.active.pop(job.record.id, None)
+        update.update(
+            finished_at=int(now),
+            expires_at=int(now + self.url_ttl_s),
+            lease_expires_at=None,
+            holder=None,
+        )
+        return await self.write(job, **update)
 
-    # -- leases, sweeps, webhooks -------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the ticker (leases, progress, remote cancels) and the sweeper once."""
-        if self._ticker is None:
-            self._ticker = asyncio.create_task(self._tick_forever(), name="jobs ticker")
-            self._spawn(self._sweep_forever())
-
-    async def _tick_forever(self) -> None:
-        last_renewal = time.monotonic()
-        while True:
-            await asyncio.sleep(min(TICK_S, self.config.heartbeat_s))
-            renew = time.monotonic() - last_renewal >= self.config.heartbeat_s
-            if renew:
-                last_renewal = time.monotonic()
-            for job in list(self.active.values()):
-                if renew or job.dirty:
-                    try:
-                        await self._heartbeat(job)
-                    except Exception:  # noqa: BLE001 - the next tick tries again
-                        logger.warning("job %s: heartbeat failed", job.record.id, exc_info=True)
-
-    async def _heartbeat(self, job: ActiveJob) -> None:
-        async with job.lock:
-            if job.record.id not in self.active:
-                return
-            if await asyncio.to_thread(self.jobs.cancel_requested, job.record):
-                job.cancel = True
-                if job.task is not None:
-                    job.task.cancel()
-                return
-            job.dirty = False
-            lease = time.time() + self.config.lease_s
-            job.record = job.record.model_copy(update={"lease_expires_at": lease})
-            await asyncio.to_thread(self.jobs.save, job.record)
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                deleted, lost = await asyncio.to_thread(self.jobs.sweep)
-                lost = [r for r in lost if r.id not in self.active]
-                for record in lost:
-                    self._spawn(self._notify(record, "completed"))
-                if deleted or lost:
-                    logger.info("job sweep: %d expired deleted, %d lost", deleted, len(lost))
-            except Exception:  # noqa: BLE001 - the next sweep tries again
-                logger.warning("job sweep failed", exc_info=True)
-            await asyncio.sleep(self.config.sweep_interval_s)
-
-    async def _notify(self, record: JobRecord, event: str) -> None:
-        if self.webhooks is None or record.webhook_url is None:
-            return
-        if event not in record.webhook_events:
-            return
-
-        async def on_attempt(attempt: WebhookAttempt) -> None:
-            # While the job runs here, the attempt goes to its live copy (saved at the
-            # next tick); once it has finished, webhook attempts are the only writers,
-            # serialised by one lock, so a read-modify-write of the record keeps them all.
-            async with self._attempts_lock:
-                local = self.active.get(record.id)
-                if local is not None:
-                    async with local.lock:
-                        if record.id in self.active:
-                            local.record = local.record.model_copy(
-                                update={
-                                    "webhook_attempts": [*local.record.webhook_attempts, attempt]
-                                }
-                            )
-                            local.dirty = True
-                            return
-                current = await asyncio.to_thread(self.jobs.get, record.owner, record.id)
-                base = current or record
-                updated = base.model_copy(
-                    update={"webhook_attempts": [*base.webhook_attempts, attempt]}
-                )
-                await asyncio.to_thread(self.jobs.save, updated)
-
-        try:
-            await self.webhooks.deliver(
-                record.webhook_url, event, record.public(), f"msg_{record.id}_{event}", on_attempt
-            )
-        except Exception:  # noqa: BLE001 - recorded in the log; the job itself is done
-            logger.warning("job %s: webhook %s failed", record.id, event, exc_info=True)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def cancel_here(self, job: ActiveJob) -> JobRecord:
+        """Cancel a job running on this replica: its handle call at once."""
+        job.cancel = True
+        if job.task is not None:
+            job.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(job.task), timeout=10)
+        return job.record
 
 
 def outcome(response: Response) -> dict[str, Any]:

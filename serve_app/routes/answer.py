@@ -79,7 +79,7 @@ async def answer(
     model headers every generating route sends."""
     headers = {**generation_headers(plan.job.seeds, model.id), **(extra_headers or {})}
     if plan.stream is not None:
-        frames = ingress.stream_images(model, plan.job, plan.spec, plan.stream)
+        frames = await ingress.stream_images(model, plan.job, plan.spec, plan.stream)
         return sse_response(frames, headers)
     try:
         images = await ingress.generate_images(model, plan.job, plan.spec)

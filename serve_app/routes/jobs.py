@@ -26,7 +26,8 @@ from serve_app.asgi.endpoints import api_endpoint, owner_of, read_body, request_
 from serve_app.asgi.openapi import ApiRoute, Operation
 from serve_app.inputs.fetch import ImageFetcher
 from serve_app.inputs.uploads import read_form
-from serve_app.jobs.runner import Endpoint, JobRunner, StoredCall
+from serve_app.jobs.replay import Endpoint, capture
+from serve_app.jobs.service import JobRunner
 from serve_app.jobs.webhooks import DEFAULT_EVENTS, EVENTS, WebhookSender, load_secret
 from storage.jobs import JobRecord, new_job_id
 
@@ -88,7 +89,7 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
     fetcher = ImageFetcher(ingress.args.images)
     secret = load_secret(config.webhooks)
     sender = None if secret is None else WebhookSender(secret, config.webhooks, fetcher)
-    runner = JobRunner(ingress.store, ingress.args, sender)
+    runner = JobRunner(ingress.store, ingress.args, sender, endpoints)
     if not config.enabled:
         return wrapped
 
@@ -98,7 +99,11 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
         return JSONResponse(record.public(), status_code=status, headers=headers)
 
     async def submit(
-        request: Request, endpoint: str, body: bytes, fields: dict[str, Any]
+        request: Request,
+        endpoint: str,
+        body: bytes,
+        fields: dict[str, Any],
+        form: list[tuple[str, object]] | None,
     ) -> Response:
         url, events, model_name = job_fields(fields, endpoint in MULTIPART_ENDPOINTS)
         model = ingress.resolve_model(model_name)
@@ -110,22 +115,18 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
                     "webhooks_not_configured",
                 )
             await fetcher.check(url, "webhook_url")
-        runner.check_capacity()
         owner = owner_of(request)
         record = runner.new_record(new_job_id(), owner, endpoint, model.id, url, events)
-        scope = {
-            **request.scope,
-            "path": endpoint,
-            "raw_path": endpoint.encode(),
-            "headers": [(k, v) for k, v in request.scope["headers"] if k.lower() != b"prefer"],
-            "path_params": {},
-        }
-        await runner.submit(record, StoredCall(endpoints[endpoint], scope, body))
+        stored, parts = capture(request, endpoint, body, form)
+        record = await runner.submit(record, stored, parts)
         location = f"{ingress.base_url(request).rstrip('/')}{JOBS_ROUTE}/{record.id}"
         headers = {"preference-applied": "respond-async", "location": location}
         return reply(record, 202, headers)
 
-    async def read_fields(request: Request, multipart: bool) -> tuple[bytes, dict[str, Any]]:
+    async def read_fields(
+        request: Request, multipart: bool
+    ) -> tuple[bytes, dict[str, Any], list[tuple[str, object]] | None]:
+        """-> (body, job fields, the multipart parts or ``None`` for JSON)."""
         body = await read_body(request)
         if multipart:
             items = await read_form(request, ingress.args.images)
@@ -133,13 +134,13 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
             events = [str(v) for k, v in items if k == "webhook_events"]
             if events:  # repeated fields, each maybe comma-separated
                 fields["webhook_events"] = ",".join(events)
-            return body, fields
+            return body, fields, items
         if not body:
             raise invalid("The request body is empty; send a JSON object.", code="invalid_json")
         parsed = limits.parse_json(body)
         if not isinstance(parsed, dict):
             raise invalid("The request body must be a JSON object.")
-        return body, parsed
+        return body, parsed, None
 
     def async_form(path: str, endpoint: Endpoint) -> Endpoint:
         submit_here = api_endpoint(
@@ -154,12 +155,12 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
         return maybe_async
 
     async def _submit_from(request: Request, path: str, multipart: bool) -> Response:
-        body, fields = await read_fields(request, multipart)
-        return await submit(request, path, body, fields)
+        body, fields, form = await read_fields(request, multipart)
+        return await submit(request, path, body, fields, form)
 
     async def create(request: Request) -> Response:
         multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
-        body, fields = await read_fields(request, multipart)
+        body, fields, form = await read_fields(request, multipart)
         endpoint = fields.get("endpoint")
         if endpoint not in endpoints or (endpoint in MULTIPART_ENDPOINTS) != multipart:
             kind = "multipart/form-data" if multipart else "JSON"
@@ -170,7 +171,7 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
                 "endpoint",
                 "invalid_endpoint",
             )
-        return await submit(request, endpoint, body, fields)
+        return await submit(request, endpoint, body, fields, form)
 
     async def list_jobs(request: Request) -> Response:
         params = request.query_params

@@ -1,9 +1,11 @@
-"""Async jobs under faults and load: owners, admission, storms, a killed ingress, a cold
-model, and a restart of the app on the S3 store (a real moto_server)."""
+"""Async jobs under faults and load: owners, app-wide admission, storms, a SIGKILLed
+ingress whose jobs are taken over, a cold model, and a restart of the app on the S3
+store (a real moto_server) that reruns the job in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -69,6 +71,40 @@ def test_jobs_wait_queued_past_a_full_model_queue_then_429(hardened_url: str) ->
     assert [j["status"] for j in done] == ["succeeded"] * len(done), [j["error"] for j in done]
 
 
+def test_streams_past_a_full_model_queue_get_429_before_the_200(hardened_url: str) -> None:
+    # The model takes MODEL_ONGOING running + MODEL_QUEUED queued; streams past that are
+    # refused like plain requests (JSON 429 with Retry-After), never a 200 with an
+    # in-band error, and every admitted stream completes.
+    body = {"prompt": "flood", "stream": True, "partial_images": 0, "size": "1024x1024"}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=hardened_url, timeout=180) as session:
+            return await asyncio.gather(
+                *(
+                    session.post(GEN, json={**body, "seed": i}, headers=AUTH)
+                    for i in range(3 * (MODEL_ONGOING + MODEL_QUEUED))
+                )
+            )
+
+    responses = asyncio.run(flood())
+    refused = [r for r in responses if r.status_code != 200]
+    streamed = [r for r in responses if r.status_code == 200]
+    assert refused and streamed, [r.status_code for r in responses]
+    for response in refused:
+        assert response.status_code == 429, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["code"] == "overloaded", response.text
+    for response in streamed:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in response.text.splitlines()
+            if line.startswith("data: {")
+        ]
+        assert [e["type"] for e in events] == ["image_generation.completed"], events
+
+
 def test_storm_past_the_ingress_limit_refuses_only_in_json(hardened_url: str) -> None:
     async def storm() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=STORM + 8)
@@ -104,14 +140,23 @@ def _ingress_actor(app: str) -> Any:
     return ray.get_actor(name, namespace="serve")
 
 
-def test_killed_ingress_mid_job_is_worker_lost(http: httpx.Client, base_url: str) -> None:
+def test_sigkilled_ingress_holding_three_running_jobs_loses_none(
+    http: httpx.Client, base_url: str
+) -> None:
+    import os
+    import signal
+
     import ray
 
-    made = http.post(GEN, json=LONG, headers=ASYNC)
-    assert made.status_code == 202, made.text
-    job_id = made.json()["id"]
-    wait_job(http, job_id, lambda j: j["status"] == "running")
-    ray.kill(_ingress_actor(APP_NAME), no_restart=False)
+    body = LONG  # 200 steps: still running when the kill lands, even on a quiet machine
+    made = [http.post(GEN, json={**body, "seed": i}, headers=ASYNC) for i in range(3)]
+    assert [r.status_code for r in made] == [202] * 3, [r.text for r in made]
+    ids = [r.json()["id"] for r in made]
+    for job_id in ids:
+        wait_job(http, job_id, lambda j: j["status"] == "running")
+    actor = _ingress_actor(APP_NAME)
+    pid = ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
 
     def healthy() -> bool:
         try:
@@ -120,10 +165,10 @@ def test_killed_ingress_mid_job_is_worker_lost(http: httpx.Client, base_url: str
             return False
 
     wait_until(healthy, 120, "a new ingress replica")
-    lost = wait_job(http, job_id, finished, timeout_s=60)
-    assert lost["status"] == "failed" and lost["error"]["code"] == "worker_lost", lost
-    stuck = [j for j in http.get(JOBS, params={"limit": 100}).json()["data"] if not finished(j)]
-    assert stuck == [], stuck
+    done = [wait_job(http, job_id, finished, timeout_s=300) for job_id in ids]
+    assert [j["status"] for j in done] == ["succeeded"] * 3, [j["error"] for j in done]
+    assert max(j["attempt"] for j in done) >= 2, [j["attempt"] for j in done]
+    assert all(len(j["result"]["data"]) == 1 for j in done)
 
 
 def test_job_on_a_scaled_to_zero_model_completes(scaling_url: str) -> None:
@@ -175,12 +220,11 @@ def test_jobs_survive_a_restart_on_the_s3_store(
             )
             again = http.get(f"{JOBS}/{kept['id']}").json()
             assert again["status"] == "succeeded" and again["result"] == kept["result"]
-            # The job in flight failed, not stuck: worker_lost when the ingress went first
-            # (its lease ran out), replica_failed when the model went first and the
-            # ingress could still record why.
-            lost = wait_job(http, long["id"], finished, timeout_s=60)
-            assert lost["status"] == "failed", lost
-            assert lost["error"]["code"] in ("worker_lost", "replica_failed"), lost
+            # The job in flight ran again on the new app, from its request in S3: its
+            # lease ran out (the ingress went first) or its model replica died under it
+            # (the next attempt then waited for the new app's lease takeover).
+            rerun = wait_job(http, long["id"], finished, timeout_s=300)
+            assert rerun["status"] == "succeeded" and rerun["attempt"] >= 2, rerun
             listed = [j["id"] for j in http.get(JOBS, params={"limit": 100}).json()["data"]]
             assert listed[:2] == [long["id"], kept["id"]]  # newest first
     finally:

@@ -76,8 +76,8 @@ def make_ingress(tmp_path: Path, model: StreamingModel, **jobs: Any) -> Ingress:
     storage = {"local_dir": str(tmp_path)}
     encoder = Encoder(storage, KEY)
 
-    async def encode(pixels: Any, spec: Any) -> Any:
-        return encoder.encode(pixels, spec)
+    async def encode(pixels: Any, spec: Any, preview: bool = False) -> Any:
+        return encoder.encode(pixels, spec, preview)
 
     args = {
         "models": [{"id": "tiny", "source": "builtin:tiny-sdxl"}],

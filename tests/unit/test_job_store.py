@@ -5,7 +5,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from storage.jobs import JobRecord, JobStore, Progress, job_created_ms, new_job_id
+import pytest
+
+from storage.job_requests import StoredRequest
+from storage.jobs import (
+    JobRecord,
+    JobStore,
+    LostLease,
+    Progress,
+    VersionedJob,
+    job_created_ms,
+    new_job_id,
+)
 from storage.local import LocalImageStore
 from storage.signing import UrlSigner
 
@@ -51,16 +62,59 @@ def test_owners_are_separate_and_lists_are_newest_first(tmp_path: Path) -> None:
     assert [r.id for r in rest] == [made[1].id, made[0].id] and not more
 
 
-def test_an_expired_lease_settles_as_worker_lost(tmp_path: Path) -> None:
+def stored(jobs: JobStore, job: JobRecord) -> VersionedJob:
+    jobs.requests.save(job.owner, job.id, StoredRequest(endpoint=job.endpoint, body="{}"))
+    return jobs.create(job)
+
+
+def test_an_expired_lease_is_taken_over_with_the_next_attempt(tmp_path: Path) -> None:
     jobs = store(tmp_path)
-    live = record(status="running")
-    lost = record(status="running", lease_expires_at=time.time() - 1)
-    for r in (live, lost):
-        jobs.save(r)
-    assert jobs.settle_lost(live) == live
-    settled = jobs.settle_lost(lost)
-    assert settled.status == "failed" and settled.error["code"] == "worker_lost"
-    assert jobs.get("alice", lost.id).status == "failed"
+    now = time.time()
+    live = stored(jobs, record(status="running", holder="a"))
+    lost = stored(jobs, record(status="running", holder="a", lease_expires_at=now - 1))
+    assert jobs.take_over(live, "b", 30, 3, now) == (live, "none")
+    held, did = jobs.take_over(lost, "b", 30, 3, now)
+    assert did == "run" and held.record.attempt == 2 and held.record.holder == "b"
+    assert held.record.status == "queued" and held.record.lease_expires_at == now + 30
+    assert jobs.read("alice", lost.record.id) == held
+
+
+def test_exactly_one_of_two_takeovers_wins(tmp_path: Path) -> None:
+    jobs = store(tmp_path)
+    now = time.time()
+    lost = stored(jobs, record(status="running", holder="a", lease_expires_at=now - 1))
+    first, did_first = jobs.take_over(lost, "b", 30, 3, now)
+    second, did_second = jobs.take_over(lost, "c", 30, 3, now)  # read the same version
+    assert (did_first, did_second) == ("run", "none")
+    assert second.record.holder == "b" and jobs.read("alice", lost.record.id) == first
+
+
+def test_after_max_attempts_or_a_cancel_a_lost_job_ends(tmp_path: Path) -> None:
+    jobs = store(tmp_path)
+    now = time.time()
+    spent = stored(jobs, record(status="running", attempt=3, lease_expires_at=now - 1))
+    held, did = jobs.take_over(spent, "b", 30, 3, now)
+    assert did == "settled" and held.record.status == "failed"
+    assert held.record.error is not None and held.record.error["code"] == "worker_lost"
+    cancelled = stored(jobs, record(status="running", lease_expires_at=now - 1))
+    jobs.request_cancel(cancelled.record)
+    held, did = jobs.take_over(cancelled, "b", 30, 3, now)
+    assert did == "settled" and held.record.status == "cancelled"
+    bare = jobs.create(record(status="running", lease_expires_at=now - 1))  # no request
+    assert jobs.take_over(bare, "b", 30, 3, now)[0].record.status == "failed"
+
+
+def test_update_keeps_other_writers_changes(tmp_path: Path) -> None:
+    jobs = store(tmp_path)
+    first = stored(jobs, record())
+    jobs.update("alice", first.record.id, lambda r: r.model_copy(update={"model": "other"}))
+    # A writer holding the old version re-reads, and its change lands on top.
+    after = jobs.update(
+        "alice", first.record.id, lambda r: r.model_copy(update={"status": "running"}), first
+    )
+    assert after is not None and (after.record.model, after.record.status) == ("other", "running")
+    with pytest.raises(LostLease):
+        jobs.update("alice", first.record.id, lambda r: (_ for _ in ()).throw(LostLease()))
 
 
 def test_cancel_marker_is_separate_from_the_record(tmp_path: Path) -> None:
@@ -82,11 +136,12 @@ def test_sweep_deletes_expired_and_settles_lost(tmp_path: Path) -> None:
     for r in (expired, kept, lost):
         jobs.save(r)
     jobs.request_cancel(expired)
-    deleted, settled = jobs.sweep(now)
-    assert deleted == 1 and [r.id for r in settled] == [lost.id]
+    jobs.requests.save("alice", expired.id, StoredRequest(endpoint=expired.endpoint, body="{}"))
+    deleted, run_out = jobs.sweep(now)
+    assert deleted == 1 and [found.record.id for found in run_out] == [lost.id]
     assert jobs.get("alice", expired.id) is None and not jobs.cancel_requested(expired)
+    assert jobs.requests.load("alice", expired.id) is None  # its request went with it
     assert jobs.get("alice", kept.id) is not None
-    assert jobs.get("bob", lost.id).error["code"] == "worker_lost"
 
 
 def test_public_object_hides_owner_and_lease() -> None:

@@ -134,3 +134,22 @@ def test_traversal_never_reaches_the_filesystem(store: LocalImageStore, key: str
     assert store.get(key) is None
     with pytest.raises(ValueError):
         store.put(key, b"x", "image/png")
+
+
+@pytest.mark.parametrize(
+    "kind,nodes,refused", [("local", 1, False), ("local", 3, True), ("s3", 3, False)]
+)
+def test_a_local_store_is_refused_on_more_than_one_node(
+    kind: str, nodes: int, refused: bool
+) -> None:
+    from common.config import StorageConfig
+    from storage.factory import check_store_fits_cluster
+
+    config = StorageConfig.model_validate(
+        {"kind": kind, "bucket": "imagegen-bucket"} if kind == "s3" else {"kind": kind}
+    )
+    if not refused:
+        check_store_fits_cluster(config, nodes)
+        return
+    with pytest.raises(ValueError, match="storage.kind: s3"):
+        check_store_fits_cluster(config, nodes)

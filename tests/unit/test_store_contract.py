@@ -102,3 +102,20 @@ def test_presigned_url_names_its_expiry(backend: Backend) -> None:
     else:
         assert 70 <= int(query["expires"][0]) - time.time() <= 78
         assert len(query["signature"][0]) == 64
+
+
+def test_conditional_writes_let_exactly_one_writer_win(store: ImageStore) -> None:
+    key = "jobs/o/records/cas.json"
+    first = store.put_if(key, b'{"v":1}', "application/json", None)
+    assert first is not None
+    assert store.put_if(key, b'{"v":9}', "application/json", None) is None  # create-only
+    found = store.get_versioned(key)
+    assert found is not None and (found.data, found.etag) == (b'{"v":1}', first)
+    second = store.put_if(key, b'{"v":2}', "application/json", first)
+    assert second is not None and second != first
+    # A writer still holding the first version loses, and writes nothing.
+    assert store.put_if(key, b'{"v":3}', "application/json", first) is None
+    assert store.get(key) == b'{"v":2}'
+    store.delete(key)
+    assert store.put_if(key, b'{"v":4}', "application/json", second) is None
+    assert store.get_versioned(key) is None
