@@ -46,6 +46,11 @@ REPLICA_COUNT_TTL_S = 1.0
 # (step, total_steps) after each denoising step; set by the job runner for its task only.
 ProgressSink = Callable[[int, int], None]
 PROGRESS: ContextVar[ProgressSink | None] = ContextVar("imagegen_job_progress", default=None)
+# With a progress sink, also latent-size previews of the images as they stand ((n, h, w, 3)
+# uint8): A1111's /progress shows them as current_image. At most this many per request.
+PreviewSink = Callable[[Any], None]
+PREVIEWS: ContextVar[PreviewSink | None] = ContextVar("imagegen_job_previews", default=None)
+MAX_OBSERVED_PREVIEWS = 10
 
 
 class Ingress:
@@ -128,7 +133,9 @@ class Ingress:
         """The streamed model call with progress events only; the finals go to the encoder.
         Cancelling the caller (a job's ``DELETE``) cancels the stream: its rows leave the
         batch at the next step."""
-        observed = dataclasses.replace(job, report_progress=True, partial_images=0)
+        previews = PREVIEWS.get()
+        wanted = min(job.steps - 1, MAX_OBSERVED_PREVIEWS) if previews is not None else 0
+        observed = dataclasses.replace(job, report_progress=True, partial_images=max(wanted, 0))
         stream = self.models[model.id].options(stream=True).generate_stream.remote(observed)
         pixels = None
         try:
@@ -136,6 +143,8 @@ class Ingress:
                 async for event in stream:
                     if event.kind == "progress":
                         sink(event.step, event.total_steps)
+                    elif event.kind == "partial" and previews is not None:
+                        previews(event.pixels)
                     elif event.kind == "final":
                         pixels = event.pixels
                         break

@@ -27,10 +27,10 @@ from serve_app.dialects import a1111, a1111_img2img
 from serve_app.dialects.base import Dialect
 from serve_app.dialects.loras import a1111_lora_items
 from serve_app.dialects.samplers import sampler_items, scheduler_items
-from serve_app.ingress import PROGRESS
+from serve_app.ingress import PREVIEWS, PROGRESS
 from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.routes.a1111_discovery import discovery_routes
-from serve_app.routes.a1111_jobs import Board, control_routes
+from serve_app.routes.a1111_jobs import Board, control_routes, png_b64
 from serve_app.routes.answer import answer, context, translate_for
 
 if TYPE_CHECKING:
@@ -119,10 +119,14 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             if outer is not None:
                 outer(step, total)
 
-        token = PROGRESS.set(report)
+        def preview(pixels: Any) -> None:
+            board.tell("preview", rid, png_b64(pixels[0]))
+
+        token, shown = PROGRESS.set(report), PREVIEWS.set(preview)
         try:
             return await answer(ingress, model, dataclasses.replace(plan, job=job))
         finally:
+            PREVIEWS.reset(shown)
             PROGRESS.reset(token)
             board.tell("finish", rid)
 

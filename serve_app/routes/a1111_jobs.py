@@ -43,6 +43,8 @@ class Tracked:
     step: int = 0
     interrupted: bool = False
     skipped: bool = False
+    # The latest latent-size preview of its first image, base64 PNG (current_image).
+    current_image: str | None = None
 
 
 class JobBoard:
@@ -60,6 +62,11 @@ class JobBoard:
             if job.started_at is None:
                 job.started_at = time.time()
             job.step, job.steps = step, total
+
+    def preview(self, request_id: str, image_b64: str) -> None:
+        job = self.jobs.get(request_id)
+        if job is not None:
+            job.current_image = image_b64
 
     def finish(self, request_id: str) -> None:
         self.jobs.pop(request_id, None)
@@ -81,8 +88,9 @@ class JobBoard:
         job = self.jobs.get(request_id)
         return job is not None and (job.interrupted or job.skipped)
 
-    def status(self, caller: str) -> dict[str, Any]:
-        """A1111's ``ProgressResponse`` for one caller."""
+    def status(self, caller: str, skip_current_image: bool = False) -> dict[str, Any]:
+        """A1111's ``ProgressResponse`` for one caller; ``current_image`` is the running
+        job's latest preview (latent resolution) unless ``skip_current_image``."""
         mine = sorted(
             (job for job in self.jobs.values() if job.caller == caller),
             key=lambda job: job.queued_at,
@@ -111,9 +119,24 @@ class JobBoard:
             "progress": round(progress, 4),
             "eta_relative": round(eta, 3),
             "state": state,
-            "current_image": None,
+            "current_image": (
+                None if skip_current_image or current is None else current.current_image
+            ),
             "textinfo": None,
         }
+
+
+def png_b64(pixels: Any) -> str:
+    """One ``(h, w, 3)`` uint8 image as base64 PNG, as A1111 sends ``current_image``."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
 
 
 class Board:
@@ -175,7 +198,8 @@ def control_routes(route: Any, client_of: Any, board: Board) -> list[Any]:
     from serve_app.asgi.openapi import Operation
 
     async def progress(request: Request) -> Response:
-        status = await board.call("status", client_of(request))
+        skip = request.query_params.get("skip_current_image", "false").lower() == "true"
+        status = await board.call("status", client_of(request), skip)
         return JSONResponse(status)
 
     def stopper(running_only: bool) -> Any:

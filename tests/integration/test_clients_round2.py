@@ -135,6 +135,11 @@ def test_progress_then_interrupt_ends_a_50_step_job_early_with_a_200(
     )
     assert started["state"]["job_count"] == 1 and started["state"]["sampling_steps"] == 50
     assert 0 < started["progress"] < 1
+    # current_image: the image as it stands (a latent-size preview), unless skipped.
+    shown = wait_until(lambda: webui.get_progress().get("current_image"), 60, "a preview")
+    assert Image.open(io.BytesIO(base64.b64decode(shown))).format == "PNG"
+    skipped = webui.session.get(f"{webui.baseurl}/progress", params={"skip_current_image": "true"})
+    assert skipped.json()["current_image"] is None
     # Progress is per caller: without this caller's credentials there is nothing to see.
     assert httpx.get(f"{base_url}/sdapi/v1/progress").status_code == 401
     # The board is one named actor: every ingress replica of the app reaches it.

@@ -48,6 +48,27 @@ def test_interrupt_ends_only_the_callers_jobs_and_skip_only_running_ones() -> No
     assert board.status("b")["state"]["interrupted"] is False
 
 
+def test_current_image_is_the_running_jobs_latest_preview() -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from serve_app.routes.a1111_jobs import JobBoard, png_b64
+
+    board = JobBoard()
+    board.start("a", "r", 1, 10)
+    assert board.status("a")["current_image"] is None  # no step yet
+    board.progress("r", 2, 10)
+    board.preview("r", png_b64(np.full((8, 8, 3), 200, np.uint8)))
+    shown = board.status("a")["current_image"]
+    image = Image.open(io.BytesIO(base64.b64decode(shown)))
+    assert image.size == (8, 8) and image.getpixel((0, 0)) == (200, 200, 200)
+    assert board.status("a", skip_current_image=True)["current_image"] is None
+    assert board.status("b")["current_image"] is None  # another caller sees nothing
+
+
 def test_routes_answer_in_a1111_shapes(tmp_path: Path) -> None:
     app = App(tmp_path)
     progress = app.client.get("/sdapi/v1/progress").json()
