@@ -89,8 +89,10 @@ def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> d
         "max_ongoing_requests": 64,
         "ray_actor_options": {"num_cpus": 0.5},
     }
-    for model in others:  # they keep their own autoscaling; they cost nothing until used
-        model["deployment"]["ray_actor_options"] = {"num_cpus": 0.25}
+    # They keep their own autoscaling and cost nothing until used; woken, each reserves
+    # 0.1 CPU, so all of them fit beside the other apps in the suite's 2-CPU Ray.
+    for model in others:
+        model["deployment"]["ray_actor_options"] = {"num_cpus": 0.1}
     args["encoder"]["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
