@@ -170,7 +170,10 @@ def test_health_and_readiness(http: httpx.Client) -> None:
     assert ready.json()["deployments"] == {
         "encoder": "ready",
         "model:tiny-sdxl": "ready",
-        "model:tiny-sdxl-4step": "on_demand",  # scales to zero: never woken by a probe
+        # Scale-to-zero models: never woken by a probe.
+        "model:tiny-sdxl-4step": "on_demand",
+        "model:tiny-flux": "on_demand",
+        "model:tiny-qwen-image": "on_demand",
     }
 
 

@@ -148,7 +148,9 @@ def test_sigkilled_ingress_holding_three_running_jobs_loses_none(
 
     import ray
 
-    body = LONG  # 200 steps: still running when the kill lands, even on a quiet machine
+    # 4 images of 200 steps each: 2,400 image-steps, still running when the kill lands
+    # even on a quiet machine (one image of 200 steps finished first in a CI run).
+    body = {**LONG, "n": 4}
     made = [http.post(GEN, json={**body, "seed": i}, headers=ASYNC) for i in range(3)]
     assert [r.status_code for r in made] == [202] * 3, [r.text for r in made]
     ids = [r.json()["id"] for r in made]
@@ -168,7 +170,7 @@ def test_sigkilled_ingress_holding_three_running_jobs_loses_none(
     done = [wait_job(http, job_id, finished, timeout_s=300) for job_id in ids]
     assert [j["status"] for j in done] == ["succeeded"] * 3, [j["error"] for j in done]
     assert max(j["attempt"] for j in done) >= 2, [j["attempt"] for j in done]
-    assert all(len(j["result"]["data"]) == 1 for j in done)
+    assert all(len(j["result"]["data"]) == 4 for j in done)
 
 
 def test_job_on_a_scaled_to_zero_model_completes(scaling_url: str) -> None:
