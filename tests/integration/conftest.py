@@ -89,10 +89,14 @@ def app_args_for_tests(image_dir: str | None, auth_file: str | None = None) -> d
         "max_ongoing_requests": 64,
         "ray_actor_options": {"num_cpus": 0.5},
     }
-    # They keep their own autoscaling and cost nothing until used; woken, each reserves
-    # 0.1 CPU, so all of them fit beside the other apps in the suite's 2-CPU Ray.
+    # They cost nothing until used. Woken, each reserves 0.05 CPU and goes back to zero
+    # 20 s after its last request, so the suite's other apps (hardened, scaling, S3, the
+    # S3 jobs app) still find room in its 2-CPU Ray.
     for model in others:
-        model["deployment"]["ray_actor_options"] = {"num_cpus": 0.1}
+        model["deployment"]["ray_actor_options"] = {"num_cpus": 0.05}
+        model["deployment"]["autoscaling_config"].update(
+            downscale_delay_s=20, downscale_to_zero_delay_s=20
+        )
     args["encoder"]["deployment"] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
     args["ingress"]["deployment"] = {
         "num_replicas": 1,
