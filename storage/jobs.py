@@ -103,6 +103,9 @@ class JobRecord(BaseModel):
     lease_expires_at: float | None = None
     attempt: int = 1
     holder: str | None = None
+    # The Serve application that accepted it: only that app's replicas take it over
+    # (another app sharing the store runs other models and limits). None: any.
+    app: str | None = None
     webhook_url: str | None = None
     webhook_events: list[str] = Field(default_factory=list)
     webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)

@@ -37,6 +37,16 @@ logger = logging.getLogger("imagegen.jobs")
 TICK_S = 1.0
 
 
+def current_app() -> str | None:
+    """This replica's Serve application (None outside Serve: unit tests)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - not inside a Serve replica
+        return None
+
+
 def holder_token() -> str:
     """Who holds a job: this process, unguessable across restarts."""
     return f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -54,6 +64,7 @@ class JobRunner:
         admission: Admission | None = None,
     ) -> None:
         self.jobs = JobStore(store)
+        self.app = current_app()
         self.args = args
         self.config = args.jobs
         self.endpoints = endpoints
@@ -99,6 +110,7 @@ class JobRunner:
             ),
             lease_expires_at=now + self.config.lease_s,
             holder=self.executor.holder,
+            app=self.app,
             webhook_url=webhook_url,
             webhook_events=webhook_events if webhook_url else [],
         )
@@ -181,6 +193,8 @@ class JobRunner:
         now = time.time()
         if record.id in self.active or not record.lease_expired(now):
             return record
+        if record.app is not None and self.app is not None and record.app != self.app:
+            return record  # another app's job (a shared store): its own replicas take it
         held, did = await asyncio.to_thread(
             self.jobs.take_over,
             found,

@@ -10,15 +10,35 @@ ignored, refused) is the dialect's business: ``dialects/a1111_fields.py``.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from serve_app.protocol.openai import MAX_SEED, LenientModel
 
 
+def _numeric(annotation: Any) -> bool:
+    """An int or float field (optional or not) that is not also a bool field."""
+    args = set(typing.get_args(annotation)) if isinstance(annotation, types.UnionType) else set()
+    kinds = args or {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
 class Txt2ImgRequest(LenientModel):
     """A1111's ``StableDiffusionTxt2ImgProcessingAPI``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """Lax types (A1111 clients send "20" for 20), but a JSON boolean is never a
+        number: ``"steps": true`` is a 400, not one step."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and _numeric(field.annotation):
+                    raise ValueError(f"{name} must be a number, not a boolean")
+        return data
 
     prompt: str = ""
     negative_prompt: str = ""

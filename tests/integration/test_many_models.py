@@ -42,7 +42,11 @@ def test_models_route_by_name_with_their_own_defaults_and_replicas(scaling_url: 
     assert running(deployment(ON_DEMAND)) == 1  # woken (it idles back to 0 after 3 s)
     assert stats(MODEL)["requests"] == before
     slow = client.images.with_raw_response.generate(
-        model="dall-e-3", prompt="a fox", size="256x256", extra_body={"seed": 11}
+        model="dall-e-3",
+        prompt="a fox",
+        size="256x256",
+        response_format="b64_json",  # dall-e-3's default is url, as OpenAI's
+        extra_body={"seed": 11},
     )
     assert slow.headers["x-imagegen-model"] == MODEL
     assert stats(MODEL)["requests"] == before + 1

@@ -242,3 +242,14 @@ def test_hires_is_ignored_on_img2img_and_off_by_default() -> None:
     assert a1111.to_job(a1111.parse({"prompt": "x"}), MODEL, "r").hires is None
     req = a1111_img2img.parse({"init_images": ["AA=="], "enable_hr": True})
     assert "enable_hr" in ignored_fields(req)
+
+
+def test_a_boolean_for_a_number_is_refused_not_coerced() -> None:
+    """Lax types stay (``"20"`` is 20 steps), but ``true`` is never one step."""
+    from serve_app.protocol.a1111 import Img2ImgRequest, Txt2ImgRequest
+
+    assert Txt2ImgRequest.model_validate({"steps": "20"}).steps == 20
+    for model, field in ((Txt2ImgRequest, "steps"), (Img2ImgRequest, "denoising_strength")):
+        with pytest.raises(ValueError, match=f"{field} must be a number"):
+            model.model_validate({field: True})
+    assert Txt2ImgRequest.model_validate({"seed_enable_extras": False}).seed_enable_extras is False

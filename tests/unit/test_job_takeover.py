@@ -184,3 +184,26 @@ def test_a_body_that_cannot_be_stored_is_a_clear_400(tmp_path: Path) -> None:
         )
     assert made.status_code == 400, made.text
     assert made.json()["error"]["code"] == "invalid_json"
+
+
+def test_another_apps_replica_never_takes_the_job_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Serve apps on one store (other models, other limits): a job waits for its own
+    app's replicas, whose takeover then runs it."""
+    from serve_app.jobs import service
+
+    monkeypatch.setattr(service, "current_app", lambda: "app-a")
+    job_id = job_left_running(tmp_path)
+    monkeypatch.setattr(service, "current_app", lambda: "app-b")
+    stranger = StreamingModel()
+    with replica(tmp_path, stranger) as other_app:
+        time.sleep(LEASE_S + 0.2)
+        seen = other_app.get(f"/v1/images/jobs/{job_id}").json()
+        assert seen["status"] in ("queued", "running") and seen["attempt"] == 1
+    assert stranger.jobs == []
+    monkeypatch.setattr(service, "current_app", lambda: "app-a")
+    own = StreamingModel()
+    with replica(tmp_path, own) as same_app:
+        done = wait_for(same_app, job_id, "succeeded")
+    assert done["attempt"] == 2 and len(own.jobs) == 1
