@@ -49,13 +49,20 @@ class SchedulerSpec:
 
 
 HiresUpscaler = Literal["latent", "lanczos", "nearest", "none"]
+# ``torch.nn.functional.interpolate`` modes of A1111's ``Latent`` upscalers.
+LatentMode = Literal["bilinear", "bicubic", "nearest", "nearest-exact"]
 
 
 @dataclass(frozen=True)
 class HiresSpec:
     """A1111's hires fix: after the first pass, upscale each image to ``width`` x
     ``height`` (the second pass's generation size) and run img2img on it with
-    ``strength`` over ``steps`` steps, all on the model replica."""
+    ``strength`` over ``steps`` steps, all on the model replica.
+
+    ``upscaler`` "latent" interpolates the first pass's latents (``latent_mode``,
+    ``antialias``: A1111's ``Latent (...)`` variants) and the second pass starts from
+    them; the others resize the decoded image, which the second pass encodes again.
+    """
 
     width: int
     height: int
@@ -63,6 +70,19 @@ class HiresSpec:
     strength: float
     steps: int
     scheduler: SchedulerSpec | None = None
+    latent_mode: LatentMode = "bilinear"
+    antialias: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class LatentStart:
+    """The hires fix's second pass from latents: the first pass's ``(1, C, h, w)``
+    latents of one image (the denoiser's latent space), which the model replica
+    interpolates to the second pass's latent grid with ``mode`` and ``antialias``."""
+
+    latents: Any = field(repr=False)
+    mode: LatentMode
+    antialias: bool
 
 
 @dataclass(frozen=True)
@@ -100,13 +120,18 @@ class GenerationJob:
     init_image: Any = field(default=None, compare=False, repr=False)
     mask: Any = field(default=None, compare=False, repr=False)
     strength: float | None = None
+    # img2img on the model replica only (the hires fix's latent upscale): start from
+    # these latents instead of an encoded init image. Never crosses a handle.
+    init_latents: LatentStart | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         needs_image = self.mode != "txt2img"
-        if needs_image != (self.init_image is not None) or needs_image != (
-            self.strength is not None
-        ):
+        has_image = self.init_image is not None or self.init_latents is not None
+        if needs_image != has_image or needs_image != (self.strength is not None):
             raise ValueError(f"mode {self.mode!r} and init_image/strength do not agree")
+        latent_start = self.init_latents is not None
+        if latent_start and (self.mode != "img2img" or self.init_image is not None):
+            raise ValueError("init_latents is an img2img start in place of init_image")
         if (self.mode == "inpaint") != (self.mask is not None):
             raise ValueError(f"mode {self.mode!r} and mask do not agree")
         if self.hires is not None and self.mode != "txt2img":

@@ -7,17 +7,18 @@ the aspect ratio; both set: stretched), and a second img2img pass runs on it wit
 (0: the first pass's steps), with ``hr_sampler_name`` / ``hr_scheduler`` when they
 name another sampler. All of it runs on the model replica (``deployments/model/hires.py``).
 
-``hr_upscaler``: ``Lanczos``, ``Nearest``, ``None`` (Lanczos) resize the decoded
-image; A1111's ``Latent`` modes are a bicubic (``Latent (nearest…)``: nearest) resize
-of the decoded image, which the second pass encodes back to latents, not a resize of
-the latents themselves. ``hr_checkpoint_name`` may only name the same model;
+``hr_upscaler``: A1111's ``Latent`` modes interpolate the first pass's latents as
+A1111 does (``torch.nn.functional.interpolate``, the mode and antialias flag of
+:data:`LATENT_MODES`) and the second pass starts from them; ``Lanczos``, ``Nearest``,
+``None`` (Lanczos) resize the decoded image, which the second pass encodes back to
+latents. ``hr_checkpoint_name`` may only name the same model;
 ``hr_prompt``, ``hr_negative_prompt``, ``hr_cfg``, ``hr_additional_modules`` are ignored.
 """
 
 from __future__ import annotations
 
 from common.errors import invalid
-from common.job import HiresSpec, HiresUpscaler
+from common.job import HiresSpec, HiresUpscaler, LatentMode
 from common.model_config import ModelConfig
 from serve_app.dialects.base import free_size, unsupported
 from serve_app.dialects.samplers import resolve_sampler
@@ -25,25 +26,20 @@ from serve_app.inputs.uploads import check_strength
 from serve_app.protocol.a1111 import Txt2ImgRequest
 
 DEFAULT_STRENGTH = 0.7
-UPSCALERS: dict[str, HiresUpscaler] = {
-    "latent": "latent",
-    "latent (antialiased)": "latent",
-    "latent (bicubic)": "latent",
-    "latent (bicubic antialiased)": "latent",
-    "latent (nearest)": "nearest",
-    "latent (nearest-exact)": "nearest",
+# A1111's ``shared.latent_upscale_modes``: interpolate mode and antialias.
+LATENT_MODES: dict[str, tuple[LatentMode, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS: dict[str, HiresUpscaler] = {
     "lanczos": "lanczos",
     "nearest": "nearest",
     "none": "none",
 }
-LATENT_MODES = [
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-]
 SAME = ("", "use same sampler", "use same scheduler", "use same checkpoint")
 
 
@@ -72,14 +68,7 @@ def hires_spec(req: Txt2ImgRequest, model: ModelConfig, steps: int) -> HiresSpec
                 "hr_checkpoint_name",
                 "The hires pass runs on the same model here; send null or 'Use same checkpoint'.",
             )
-    upscaler = UPSCALERS.get((req.hr_upscaler or "Latent").strip().lower())
-    if upscaler is None:
-        known = ["None", "Lanczos", "Nearest", *LATENT_MODES]
-        raise invalid(
-            f"Unknown hr_upscaler {req.hr_upscaler!r}. Known: {', '.join(known)}.",
-            "hr_upscaler",
-            "unknown_upscaler",
-        )
+    upscaler, latent_mode, antialias = _upscaler(req.hr_upscaler)
     width, height = target_size(req)
     param = "hr_scale" if req.hr_resize_x <= 0 and req.hr_resize_y <= 0 else "hr_resize_x"
     if width < 64 or height < 64:
@@ -96,7 +85,24 @@ def hires_spec(req: Txt2ImgRequest, model: ModelConfig, steps: int) -> HiresSpec
             req.scheduler if _same(req.hr_scheduler) else req.hr_scheduler,
             param="hr_sampler_name",
         )
-    return HiresSpec(gen_w, gen_h, upscaler, strength, hr_steps, scheduler)
+    return HiresSpec(gen_w, gen_h, upscaler, strength, hr_steps, scheduler, latent_mode, antialias)
+
+
+def _upscaler(name: str | None) -> tuple[HiresUpscaler, LatentMode, bool]:
+    """``hr_upscaler`` (case-insensitive; null: ``Latent``) -> the spec's upscaler,
+    latent interpolation mode and antialias flag."""
+    key = (name or "Latent").strip().lower()
+    for latent, (mode, antialias) in LATENT_MODES.items():
+        if latent.lower() == key:
+            return "latent", mode, antialias
+    if key in PIXEL_UPSCALERS:
+        return PIXEL_UPSCALERS[key], "bilinear", False
+    known = ["None", "Lanczos", "Nearest", *LATENT_MODES]
+    raise invalid(
+        f"Unknown hr_upscaler {name!r}. Known: {', '.join(known)}.",
+        "hr_upscaler",
+        "unknown_upscaler",
+    )
 
 
 def hires_settings(req: Txt2ImgRequest, spec: HiresSpec) -> dict[str, object]:

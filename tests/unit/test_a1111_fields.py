@@ -218,19 +218,28 @@ def test_png_info_reads_parameters_and_other_chunks() -> None:
 @pytest.mark.parametrize(
     "body,target,upscaler",
     [
-        ({"hr_scale": 2.0}, (256, 192), "latent"),
-        ({"hr_resize_x": 200, "hr_upscaler": "Lanczos"}, (200, 150), "lanczos"),
-        ({"hr_resize_y": 300, "hr_upscaler": "Latent (nearest-exact)"}, (400, 300), "nearest"),
-        ({"hr_resize_x": 160, "hr_resize_y": 96, "hr_upscaler": None}, (160, 96), "latent"),
+        ({"hr_scale": 2.0}, (256, 192), ("latent", "bilinear", False)),
+        ({"hr_resize_x": 200, "hr_upscaler": "Lanczos"}, (200, 150),
+         ("lanczos", "bilinear", False)),
+        ({"hr_resize_y": 300, "hr_upscaler": "latent (nearest-exact)"}, (400, 300),
+         ("latent", "nearest-exact", False)),
+        ({"hr_resize_x": 160, "hr_resize_y": 96, "hr_upscaler": None}, (160, 96),
+         ("latent", "bilinear", False)),
+        ({"hr_scale": 2.0, "hr_upscaler": "Latent (bicubic antialiased)"}, (256, 192),
+         ("latent", "bicubic", True)),
+        ({"hr_scale": 2.0, "hr_upscaler": "Latent (antialiased)"}, (256, 192),
+         ("latent", "bilinear", True)),
     ],
-)
+)  # fmt: skip
 def test_hires_fix_job_and_output_size(
-    body: dict[str, Any], target: tuple[int, int], upscaler: str
+    body: dict[str, Any], target: tuple[int, int], upscaler: tuple[str, str, bool]
 ) -> None:
+    """Each of A1111's Latent modes is its interpolate mode and antialias flag."""
     req = a1111.parse({"prompt": "x", "width": 128, "height": 96, "steps": 10,
                        "enable_hr": True, "hr_second_pass_steps": 6, **body})  # fmt: skip
     job = a1111.to_job(req, MODEL, "r")
-    assert job.hires is not None and job.hires.upscaler == upscaler
+    assert job.hires is not None
+    assert (job.hires.upscaler, job.hires.latent_mode, job.hires.antialias) == upscaler
     assert (job.hires.steps, job.hires.strength) == (6, 0.7)
     assert job.hires.width >= job.gen_width and job.hires.height >= job.gen_height
     spec = a1111.to_encode_spec(req, MODEL, job, "r")

@@ -26,6 +26,7 @@ from deployments.model.families.flow_match import (
     start_at_strength,
     step_row,
 )
+from deployments.model.families.latent_start import keep_final_latents, upscaled_latents
 from deployments.model.families.loading import pin_threads
 
 # The A1111 sampler that is these families' own sampler: flow-matching Euler.
@@ -113,8 +114,15 @@ class PackedFlowFamily:
             row.timesteps = start_at_strength(row.scheduler, job.steps, job.strength or 1.0)
             row.total = len(row.timesteps)
             start = row.timesteps[:1].repeat(1)
-            init = derived.image_processor.preprocess(rgb_image(job.init_image), height=h, width=w)
-            init = init.to(dtype=torch.float32)
+            if job.init_latents is not None:  # the hires fix's latent upscale
+                scale = self.pipe.vae_scale_factor * 2
+                grid = (2 * (h // scale), 2 * (w // scale))
+                init = upscaled_latents(job.init_latents, *grid, dtype)
+            else:
+                init = derived.image_processor.preprocess(
+                    rgb_image(job.init_image), height=h, width=w
+                )
+                init = init.to(dtype=torch.float32)
             args = (init, start, 1, channels, h, w, dtype, self.device, generator)
             if job.mode == "img2img":
                 out = derived.prepare_latents(*args)
@@ -145,6 +153,11 @@ class PackedFlowFamily:
         return self.pipe._unpack_latents(
             latents, first.height, first.width, self.pipe.vae_scale_factor
         )
+
+    def keep_latents(self, rows: Sequence[Row]) -> None:
+        """Before a decode: each row's final ``(1, C, h, w)`` latents to an owner that
+        keeps them (the hires fix's first pass; ``latent_start.py``)."""
+        keep_final_latents(rows, lambda row: self.preview_latents(self.unpacked([row])))
 
     def preview_latents(self, unpacked: Any) -> Any:
         """``(B, C, h, w)`` from :meth:`unpacked` (a video VAE's frame axis removed)."""

@@ -161,6 +161,7 @@ class FluxFamily(PackedFlowFamily):
     def decode(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        self.keep_latents(rows)  # the hires fix's latent upscale
         vae = self.pipe.vae
         with torch.inference_mode():
             latents = self.unpacked(rows)

@@ -158,6 +158,7 @@ class QwenImageFamily(PackedFlowFamily):
         """The pipeline's own decode: de-normalise by ``latents_mean/std``, first frame."""
         import torch
 
+        self.keep_latents(rows)  # the hires fix's latent upscale
         vae = self.pipe.vae
         with torch.inference_mode():
             latents = self.unpacked(rows).to(vae.dtype)

@@ -22,6 +22,7 @@ from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row
 from deployments.model.families.derived import DerivedPipelines
+from deployments.model.families.latent_start import keep_final_latents
 from deployments.model.families.loading import (
     load_pipeline,
     pin_threads,
@@ -182,6 +183,7 @@ class SdxlFamily:
         """VAE-decode rows of one shape together: uint8 images and a finite flag per row."""
         import torch
 
+        keep_final_latents(rows, lambda row: cast(SdxlRow, row).latents)  # hires fix
         pipe, vae = self.pipe, self.pipe.vae
         with torch.inference_mode():
             latents = torch.cat([cast(SdxlRow, row).latents for row in rows])

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from common.job import GenerationJob
 from deployments.model.families.base import Row
 from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
+from deployments.model.families.latent_start import upscaled_latents
 
 if TYPE_CHECKING:
     import torch
@@ -206,7 +207,7 @@ def _prepare_from_image(
         row.total = len(timesteps)
         latent_timestep = timesteps[:1].repeat(1)
         if job.mode == "img2img":
-            image = derived.image_processor.preprocess(rgb_image(job.init_image))
+            image = _init_image_or_latents(derived, job, dtype)
             row.latents = derived.prepare_latents(
                 image, latent_timestep, 1, 1, dtype, device, generator, True
             )
@@ -234,6 +235,16 @@ def _prepare_from_image(
             row.masked_image_latents = masked_latents
     finally:
         derived.scheduler = saved
+
+
+def _init_image_or_latents(derived: Any, job: GenerationJob, dtype: Any) -> Any:
+    """What img2img's ``prepare_latents`` starts from: the preprocessed init image, or
+    (the hires fix's latent upscale) latents, which it noises without a VAE encode."""
+    if job.init_latents is None:
+        return derived.image_processor.preprocess(rgb_image(job.init_image))
+    scale = derived.vae_scale_factor
+    grid = (job.gen_height // scale, job.gen_width // scale)
+    return upscaled_latents(job.init_latents, *grid, dtype)
 
 
 def _float32() -> Any:
