@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import webuiapi
@@ -69,6 +70,26 @@ def test_hires_fix_output_size(webui: webuiapi.WebUIApi) -> None:
     resized = webui.txt2img(prompt="a castle", width=128, height=96, enable_hr=True,
                             hr_resize_x=320, hr_upscaler="Lanczos", steps=3)  # fmt: skip
     assert resized.image.size == (320, 240)
+
+
+def test_latent_hires_modes_upscale_latents_not_pixels(http: httpx.Client) -> None:
+    """Raw A1111 JSON: each Latent mode gives the hires size and a valid PNG, and an image
+    other than the pixel upscale's from the same first pass (same seed)."""
+    body = {"prompt": "a castle", "width": 128, "height": 96, "steps": 3, "seed": 7,
+            "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 3}  # fmt: skip
+    images = {}
+    for upscaler in ("Latent", "Latent (bicubic antialiased)", "Latent (nearest-exact)",
+                     "Lanczos"):  # fmt: skip
+        response = http.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": upscaler},
+                             headers=webui_auth())  # fmt: skip
+        assert response.status_code == 200, response.text
+        image = decode_b64(response.json()["images"][0])
+        assert (image.format, image.size) == ("PNG", (256, 192))
+        assert f"Hires upscaler: {upscaler}" in image.info["parameters"]
+        images[upscaler] = np.asarray(image.convert("RGB"), dtype=np.int16)
+    pixel = images.pop("Lanczos")
+    for upscaler, latent in images.items():
+        assert np.abs(latent - pixel).mean() > 1, upscaler
 
 
 def test_png_info_round_trip(webui: webuiapi.WebUIApi) -> None:
