@@ -36,7 +36,8 @@ class InlineExecutor:
 
 def make_loop(family: FakeFamily, budget: int = 8) -> StepLoop:
     runner = StepRunner(family, family.lora_rows)
-    return StepLoop(runner, InlineExecutor(), AdmissionPolicy(budget), BatchStats(), ModelMetrics("fake"))  # type: ignore[arg-type]
+    policy = AdmissionPolicy(budget)
+    return StepLoop(runner, InlineExecutor(), policy, BatchStats(), ModelMetrics("fake"))  # type: ignore[arg-type]
 
 
 def job(rid: str, *seeds: int, steps: int = 4, guidance: float = 0.0, **kw: Any) -> GenerationJob:
