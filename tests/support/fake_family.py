@@ -97,7 +97,9 @@ class FakeFamily:
         self.entries.append(list(self.applied or []))
         if any(job is not None and self.poison in job.prompt for job in ids):
             raise RuntimeError("injected denoiser failure")
-        return [prediction(row.total - row.position, row.guidance, row.loras) for row in mine]
+        return [
+            prediction(row.total - row.position, row.guidance, row.loras) for row in mine
+        ]
 
     def step(self, row: Row, prediction_: Any) -> None:
         assert isinstance(row, FakeRow)

@@ -50,6 +50,14 @@ def job(rid: str, seed: int, guidance: float = 3.5, **kw: Any) -> GenerationJob:
     return GenerationJob(rid, "a lighthouse", None, (seed,), SIZE, SIZE, STEPS, guidance, **kw)
 
 
+
+
+
+
+
+
+
+
 def run_staggered(runner: StepRunner, jobs: list[GenerationJob]) -> list[np.ndarray]:
     """Admit one job per tick, so rows at different steps share transformer calls."""
     pending, live, done = list(jobs), [], {}

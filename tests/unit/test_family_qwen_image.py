@@ -81,6 +81,14 @@ def job(
     return GenerationJob(rid, prompt, negative, seeds, SIZE, SIZE, steps, guidance, **kw)
 
 
+
+
+
+
+
+
+
+
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(int) - b.astype(int)).max())
 

@@ -12,7 +12,6 @@ from deployments.model.request_mode.batching import GenerationGroup
 # rows cannot be removed mid-call (see ``can_drop_rows``).
 SLICED_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 
-
 def can_drop_rows(mode: str) -> bool:
     """Whether cancelled rows can leave a running call of this mode.
 
