@@ -114,7 +114,8 @@ class StepLoop:
                 **asdict(self.step_stats),
                 "waiting_requests": len(self._pending),
                 "active_rows": self.active_rows,
-                "paused_requests": sum(a.parked is not None for a in self._requests.values()),
+                # list(): one atomic copy, as the pipeline thread may add meanwhile.
+                "paused_requests": sum(a.parked is not None for a in list(self._requests.values())),
                 "latent_pixel_budget": self.policy.budget,
                 "order": self.policy.order,
                 "per_step_ms": None if per_step is None else round(per_step * 1000, 2),
