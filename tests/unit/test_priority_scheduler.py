@@ -43,10 +43,12 @@ class Harness:
         self.arrivals: dict[int, list[Submission]] = {}
         self.events: dict[str, list[ImageEvent]] = {}
         self.pixels_in_use: list[int] = []  # what the policy counts, at every call
+        self.active_rows: list[int] = []  # what stats() reports, during every call
         self.family.before_tick = self._before_tick
 
     def _before_tick(self, calls: int) -> None:
         self.clock.now += 1.0
+        self.active_rows.append(self.loop.active_rows)
         running = self.loop._requests.values()  # noqa: SLF001 - the policy's own view
         self.pixels_in_use.append(sum(a.sub.latent_pixels for a in running if a.parked is None))
         for sub in self.arrivals.pop(calls, []):
@@ -194,4 +196,6 @@ def test_three_sizes_pack_by_latent_pixels(order: Order) -> None:
     assert h.calls_of("big")[0] > max(h.finished_at("tiny"), h.finished_at("mid"))
     assert h.calls_of("tiny2")[0] > h.finished_at("big")
     assert all(len(ids) <= 4 for ids in h.family.calls)
+    # stats() counts the rows of the group being ticked too (it is out of the rotation).
+    assert all(seen >= len(ids) for seen, ids in zip(h.active_rows, h.family.calls, strict=True))
     assert h.loop.snapshot()["latent_pixel_budget"] == 16

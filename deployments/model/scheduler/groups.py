@@ -35,6 +35,7 @@ class TickGroups:
     def __init__(self, new_cache: Callable[[int], TickCache]) -> None:
         self._new_cache = new_cache
         self._groups: dict[GroupKey, TickGroup] = {}
+        self._ticking: TickGroup | None = None  # out of the rotation while it ticks
         self._round = 0
 
     def __bool__(self) -> bool:
@@ -46,7 +47,9 @@ class TickGroups:
     @property
     def row_count(self) -> int:
         # list(): one atomic copy, as the event loop may read while the pipeline thread adds.
-        return sum(len(group.rows) for group in list(self._groups.values()))
+        ticking = self._ticking
+        rows = sum(len(group.rows) for group in list(self._groups.values()))
+        return rows + (len(ticking.rows) if ticking is not None else 0)
 
     def new_round(self) -> None:
         """Rows placed from now on form new DeepCache cohorts."""
@@ -82,12 +85,15 @@ class TickGroups:
 
     def next(self) -> TickGroup:
         """The group whose turn it is, out of the rotation until :meth:`requeue`."""
-        return self._groups.pop(next(iter(self._groups)))
+        self._ticking = self._groups.pop(next(iter(self._groups)))
+        return self._ticking
 
     def requeue(self, group: TickGroup) -> None:
         """Back of the rotation, if it still has rows."""
         if group.rows:
             self._groups[group.key] = group
+        self._ticking = None
 
     def clear(self) -> None:
         self._groups.clear()
+        self._ticking = None
