@@ -114,7 +114,9 @@ class ApiKeysConfig(StrictModel):
 
     Keys are read from ``keys_env`` (comma-separated) or ``keys_file`` (a mounted
     secret: one key per line, ``#`` comments). No keys found: auth is off, unless
-    ``required``, which makes a missing key a startup error.
+    ``required``, which makes a missing key a startup error. Batch keys (from
+    ``batch_keys_env`` or ``batch_keys_file``) are keys too, with ``max_priority``
+    batch: their requests are never scheduled as interactive.
     """
 
     keys_env: str | None = Field(
@@ -123,6 +125,14 @@ class ApiKeysConfig(StrictModel):
     )
     keys_file: str | None = Field(default=None, description="A file with one key per line.")
     required: bool = Field(default=False, description="Refuse to start without any key.")
+    # Keys whose max_priority is batch (docs/scheduler.md#priority): read the same way.
+    batch_keys_env: str | None = Field(
+        default="IMAGEGEN_BATCH_API_KEYS",
+        description="Comma-separated keys limited to the batch class (background work).",
+    )
+    batch_keys_file: str | None = Field(
+        default=None, description="A file with one batch-limited key per line."
+    )
 
 
 class CorsConfig(StrictModel):
@@ -131,7 +141,13 @@ class CorsConfig(StrictModel):
     allow_origins: list[str] = Field(default_factory=list)
     allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST", "DELETE"])
     allow_headers: list[str] = Field(
-        default_factory=lambda: ["authorization", "content-type", "x-request-id"]
+        default_factory=lambda: [
+            "authorization",
+            "content-type",
+            "x-request-id",
+            "x-imagegen-priority",
+            "x-request-timeout",
+        ]
     )
     allow_credentials: bool = False
     max_age_s: int = Field(default=600, ge=0)

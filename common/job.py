@@ -15,6 +15,11 @@ from common.formats import OutputFormat
 # txt2img: from noise; img2img: from an init image; inpaint: repaint where a mask says.
 Mode = Literal["txt2img", "img2img", "inpaint"]
 
+# Who is waiting for the images (docs/scheduler.md#priority): a person (interactive,
+# the default for sync and streamed requests) or nobody (batch, async jobs' default).
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
+
 # Random seeds are drawn below 2**32 so every client (A1111 uses 32-bit seeds) can replay them.
 RANDOM_SEED_LIMIT = 2**32
 
@@ -123,6 +128,10 @@ class GenerationJob:
     # img2img on the model replica only (the hires fix's latent upscale): start from
     # these latents instead of an encoded init image. Never crosses a handle.
     init_latents: LatentStart | None = field(default=None, compare=False, repr=False)
+    # Step mode's admission order: the class, then the deadline (a Unix time; None:
+    # none) among equals. Neither changes the call, so neither is in ``shape_key``.
+    priority: Priority = "interactive"
+    deadline_at: float | None = None
 
     def __post_init__(self) -> None:
         needs_image = self.mode != "txt2img"
@@ -221,6 +230,9 @@ class ImageEvent:
     total_steps: int | None = None
     # For kind "error": why this request failed (the others in its batch go on).
     error: BaseException | None = None
+    # For kind "final" in step mode: how long the request's rows were paused for
+    # interactive work (preemption, docs/scheduler.md#priority).
+    paused_ms: float = 0.0
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.families import FamilyName, check_family, infer_family
-from common.sizes import OPENAI_SIZES, SDXL_BUCKETS, scaled_bucket
+from common.sizes import OPENAI_SIZES, SDXL_BUCKETS, latent_pixels, scaled_bucket
 
 
 class StrictModel(BaseModel):
@@ -107,6 +107,27 @@ class BatchingConfig(StrictModel):
         ge=0.0,
         description="Request mode only: extra wait for a batch to fill once the model is "
         "free. Batches already form from what queued while the previous batch ran.",
+    )
+    # Step mode's scheduler (docs/scheduler.md#priority). The model's ``scheduler``
+    # block is the diffusers noise scheduler, so these live here.
+    order: Literal["priority", "fcfs"] = Field(
+        default="priority",
+        description="Step mode: 'priority' admits interactive requests first, pauses batch "
+        "rows for them at step boundaries, and orders each class by deadline; 'fcfs' admits "
+        "in arrival order and never pauses (the benchmark baseline).",
+    )
+    max_batch_latent_pixels: int | None = Field(
+        default=None,
+        ge=1,
+        description="Step mode: the compute budget, rows x latent height x latent width of "
+        "everything being denoised at once (latents are 1/8 of the image per side). "
+        "Unset: max_batch_size images at the model's 1024x1024 generation size.",
+    )
+    max_batch_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Step mode, priority order: a batch request that has waited this long "
+        "(queued or paused) goes ahead of every class and is never paused again.",
     )
 
 
@@ -289,6 +310,13 @@ class ModelConfig(StrictModel):
                 "never fill"
             )
         return self
+
+    def latent_pixel_budget(self) -> int:
+        """Step mode's compute budget in latent pixels (``batching.max_batch_latent_pixels``)."""
+        if self.batching.max_batch_latent_pixels is not None:
+            return self.batching.max_batch_latent_pixels
+        width, height = self.generation_size("1024x1024")
+        return self.batching.max_batch_size * latent_pixels(width, height)
 
     def threads(self) -> int:
         """``torch_threads``, or the replica's CPU reservation rounded down (Serve's

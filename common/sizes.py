@@ -85,3 +85,13 @@ def gpt_image_size_error(width: int, height: int) -> str | None:
     if max(width, height) > FREE_SIZE_MAX_ASPECT * min(width, height):
         return f"the aspect ratio must be at most {FREE_SIZE_MAX_ASPECT}:1"
     return None
+
+
+# Every family served here (SDXL, FLUX.1, Qwen-Image) decodes through a VAE that
+# downsamples 8x per side; FLUX and Qwen then pack 2x2 patches, which keeps the count.
+LATENT_SCALE = 8
+
+
+def latent_pixels(width: int, height: int) -> int:
+    """Latent height x latent width of one image: step mode's unit of compute."""
+    return max(1, width // LATENT_SCALE) * max(1, height // LATENT_SCALE)

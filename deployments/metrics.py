@@ -12,6 +12,11 @@ the ``deployment``, ``replica`` and ``application`` tags itself. Names and meani
 | ``ray_imagegen_cancelled_images_total`` | counter | model | images removed from a running call |
 | ``ray_imagegen_rows_per_unet_call`` | histogram | model | step mode: rows in one denoiser call |
 | ``ray_imagegen_step_queue_depth`` | gauge | model | step mode: requests waiting for admission |
+| ``ray_imagegen_class_queue_wait_ms`` | histogram | model, priority | arrival to admission |
+| ``ray_imagegen_class_latency_ms`` | histogram | model, priority | arrival to final images |
+| ``ray_imagegen_preemptions_total`` | counter | model | batch requests paused |
+| ``ray_imagegen_paused_rows`` | gauge | model | step mode: rows paused right now |
+| ``ray_imagegen_deadline_refusals_total`` | counter | model | refused: deadline out of reach |
 | ``ray_imagegen_lora_load_ms`` | histogram | model | loading a LoRA adapter on first use |
 | ``ray_imagegen_encode_ms`` | histogram | format | encoding one request's images |
 
@@ -76,7 +81,39 @@ class ModelMetrics:
             boundaries=MS_BUCKETS,
             tag_keys=("model",),
         )
+        self.class_queue_wait_ms = Histogram(
+            "imagegen_class_queue_wait_ms",
+            description="Step mode: from arrival to first admission, per priority class, in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model", "priority"),
+        )
+        self.class_latency_ms = Histogram(
+            "imagegen_class_latency_ms",
+            description="Step mode: from arrival to the final images, per priority class, in ms.",
+            boundaries=MS_BUCKETS,
+            tag_keys=("model", "priority"),
+        )
+        self.preemptions = Counter(
+            "imagegen_preemptions_total",
+            description="Step mode: batch requests paused at a step boundary for interactive work.",
+            tag_keys=("model",),
+        )
+        self.paused_rows = Gauge(
+            "imagegen_paused_rows",
+            description="Step mode: image rows paused right now.",
+            tag_keys=("model",),
+        )
+        self.deadline_refusals = Counter(
+            "imagegen_deadline_refusals_total",
+            description="Step mode: requests refused because their deadline was out of reach.",
+            tag_keys=("model",),
+        )
         for metric in (
+            self.class_queue_wait_ms,
+            self.class_latency_ms,
+            self.preemptions,
+            self.paused_rows,
+            self.deadline_refusals,
             self.lora_load_ms,
             self.rows_per_unet_call,
             self.step_queue_depth,

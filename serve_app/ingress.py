@@ -32,7 +32,7 @@ from common.errors import APIError, from_exception, is_backpressure, model_start
 from common.job import EncodedImage, EncodeSpec, GenerationJob
 from common.model_config import ModelConfig
 from common.request_context import install_log_context
-from serve_app.asgi.auth import ApiKeys, load_keys
+from serve_app.asgi.auth import ApiKeys, load_batch_keys, load_keys
 from serve_app.cold_start import guard_cold_start
 from serve_app.streaming.sse import StreamFormat
 from storage.catalog import ImageCatalog
@@ -79,7 +79,8 @@ class Ingress:
         self._replica_counts: dict[str, tuple[float, int]] = {}
         install_log_context()
         # A missing required key stops the deployment here, at startup.
-        self.api_keys = ApiKeys(load_keys(self.args.ingress.api_keys))
+        keys = self.args.ingress.api_keys
+        self.api_keys = ApiKeys(load_keys(keys), load_batch_keys(keys))
         logger.info("API keys %s", "on" if self.api_keys.enabled else "off")
 
     def __del__(self) -> None:

@@ -49,6 +49,7 @@ from deployments.model.lora.bank import LoraBank, bank_for
 from deployments.model.request_mode.batching import count_images, group_jobs
 from deployments.model.request_mode.engine import Engine, EngineFactory, diffusers_engine_factory
 from deployments.model.request_mode.runner import run_groups
+from deployments.model.scheduler.policy import AdmissionPolicy
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.scheduler.step_loop import StepLoop
 from deployments.model.scheduler.submission import Submission
@@ -102,7 +103,7 @@ class ModelServer:
             self._steps = StepLoop(
                 runner,
                 self._executor,
-                self.config.batching.max_batch_size,
+                AdmissionPolicy.from_config(self.config),
                 self._stats,
                 self._metrics,
             )
@@ -152,7 +153,7 @@ class ModelServer:
                 f"batching.mode is fixed at replica start ({self.mode!r}); redeploy to change it"
             )
         if self._steps is not None:
-            self._steps.budget = batching.max_batch_size
+            self._steps.policy.configure(self.config.model_copy(update={"batching": batching}))
         self._generate_batch.set_max_batch_size(batching.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 

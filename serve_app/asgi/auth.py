@@ -26,6 +26,7 @@ from pathlib import Path
 
 from common.config import ApiKeysConfig
 from common.errors import APIError
+from common.job import Priority
 from common.paths import A1111_ROOT
 
 logger = logging.getLogger("imagegen.auth")
@@ -57,17 +58,26 @@ def parse_keys(text: str, separator: str | None = None) -> list[str]:
     return keys
 
 
+def _read(file: str | None, env: str | None) -> list[str]:
+    if file:
+        return parse_keys(Path(file).expanduser().read_text())
+    if env:
+        return parse_keys(os.environ.get(env, ""), separator=",")
+    return []
+
+
 def load_keys(config: ApiKeysConfig) -> list[str]:
     """Keys from the configured file or environment variable; empty means auth is off."""
-    keys: list[str] = []
-    if config.keys_file:
-        keys = parse_keys(Path(config.keys_file).expanduser().read_text())
-    elif config.keys_env:
-        keys = parse_keys(os.environ.get(config.keys_env, ""), separator=",")
-    if config.required and not keys:
+    keys = _read(config.keys_file, config.keys_env)
+    if config.required and not keys + load_batch_keys(config):
         where = config.keys_file or f"${config.keys_env}"
         raise ValueError(f"ingress.api_keys.required is set but no API key was found in {where}")
     return keys
+
+
+def load_batch_keys(config: ApiKeysConfig) -> list[str]:
+    """Keys limited to the batch class (``max_priority: batch``)."""
+    return _read(config.batch_keys_file, config.batch_keys_env)
 
 
 def key_owner(key: str) -> str:
@@ -78,9 +88,15 @@ def key_owner(key: str) -> str:
 class ApiKeys:
     """Checks Bearer keys; holds only their SHA-256 digests."""
 
-    def __init__(self, keys: list[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
-        self._owners = [key_owner(k) for k in keys]
+    def __init__(self, keys: list[str], batch_keys: list[str] | None = None) -> None:
+        everything = keys + (batch_keys or [])
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in everything]
+        self._owners = [key_owner(k) for k in everything]
+        self._batch_owners = frozenset(key_owner(k) for k in batch_keys or [])
+
+    def max_priority(self, owner: str) -> Priority:
+        """The highest class a key's requests may take."""
+        return "batch" if owner in self._batch_owners else "interactive"
 
     @property
     def enabled(self) -> bool:

@@ -45,6 +45,7 @@ from serve_app.asgi.endpoints import (
     REQUEST_ID_SCOPE_KEY,
     error_response,
 )
+from serve_app.asgi.scheduling import MAX_PRIORITY_SCOPE_KEY
 
 logger = logging.getLogger("imagegen.middleware")
 
@@ -120,7 +121,9 @@ class GuardMiddleware:
                 return
             # 4. The API key, where the route needs one.
             if self.api_keys.enabled and needs_api_key(path):
-                scope[OWNER_SCOPE_KEY] = self.api_keys.owner(headers.get("authorization"))
+                owner = self.api_keys.owner(headers.get("authorization"))
+                scope[OWNER_SCOPE_KEY] = owner
+                scope[MAX_PRIORITY_SCOPE_KEY] = self.api_keys.max_priority(owner)
             self.inflight += counted
             try:
                 await self.app(scope, _bounded(receive, limit), send_guarded)
@@ -179,7 +182,13 @@ def ingress_middleware(
                 allow_methods=cors.allow_methods,
                 allow_headers=cors.allow_headers,
                 allow_credentials=cors.allow_credentials,
-                expose_headers=["x-request-id", "retry-after", "x-imagegen-seeds"],
+                expose_headers=[
+                    "x-request-id",
+                    "retry-after",
+                    "x-imagegen-seeds",
+                    "x-imagegen-priority",
+                    "x-imagegen-paused-ms",
+                ],
                 max_age=cors.max_age_s,
             )
         )

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from common.errors import APIError, invalid
-from common.job import EncodedImage, EncodeSpec, GenerationJob, LoraRef, SchedulerSpec
+from common.job import EncodedImage, EncodeSpec, GenerationJob, LoraRef, Priority, SchedulerSpec
 from common.model_config import ModelConfig
+from serve_app.asgi.scheduling import Scheduling
 
 if TYPE_CHECKING:
     from common.config import ImageInputConfig
@@ -43,6 +44,8 @@ class Context:
         base_url: where ``url`` outputs point (``None``: the dialect never returns URLs).
         fetcher: the SSRF-safe fetcher for image URLs (Together's ``image_url``).
         owner: whose stored images these are (the imagine images API).
+        scheduling: the class header, the key's limit and the deadline (applied to
+            every dialect's job by ``routes/answer.py``).
     """
 
     request_id: str
@@ -50,6 +53,7 @@ class Context:
     base_url: str | None = None
     fetcher: ImageFetcher | None = None
     owner: str | None = None
+    scheduling: Scheduling = Scheduling()
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,14 @@ class Dialect(Generic[Req, Out]):
         model_name: the request's model id or alias (``None`` or ``""``: the default).
         translate: request, model, context -> the translation (may decode or fetch
             input images, so it is awaited).
+        priority: the request's ``priority`` field (``None``: not sent).
     """
 
     name: str
     parse: Callable[[Any], Req]
     model_name: Callable[[Req], str | None]
     translate: Callable[[Req, ModelConfig, Context], Awaitable[Translation[Out]]]
+    priority: Callable[[Req], Priority | None] = lambda req: req.priority  # type: ignore[attr-defined]
 
 
 def new_job(

@@ -227,11 +227,13 @@ EDITS: Dialect[EditForm, dict[str, Any]] = Dialect(
     name="openai_edits",
     parse=lambda form: parse_form(form, variation=False),
     model_name=lambda form: form.request.model,
+    priority=lambda form: form.request.priority,
     translate=_translator(variation=False),
 )
 VARIATIONS: Dialect[EditForm, dict[str, Any]] = Dialect(
     name="openai_variations",
     parse=lambda form: parse_form(form, variation=True),
     model_name=lambda form: form.request.model,
+    priority=lambda form: form.request.priority,
     translate=_translator(variation=True),
 )

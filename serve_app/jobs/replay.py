@@ -1,10 +1,11 @@
 """A job's request: captured from the HTTP request at submit, replayed into its route.
 
 At submit, :func:`capture` keeps what the wrapped route reads (``StoredRequest``: the
-route, scheme, host, headers without credentials, the owner and request id, and the
-body: JSON as sent, multipart as its parts with each file apart). Any ingress
-replica can then rebuild the request with :func:`stored_call` and run the route's
-own code on it, on the first attempt as on a takeover after the first replica died.
+route, scheme, host, headers without credentials, the owner, its key's highest
+priority class and the request id, and the body: JSON as sent, multipart as its
+parts with each file apart). Any ingress replica can then rebuild the request with
+:func:`stored_call` and run the route's own code on it, on the first attempt as on a
+takeover after the first replica died.
 A multipart body is encoded again by urllib3 (``encode_multipart_formdata``).
 """
 
@@ -21,6 +22,7 @@ from urllib3 import encode_multipart_formdata
 
 from common.errors import invalid
 from serve_app.asgi.endpoints import OWNER_SCOPE_KEY, REQUEST_ID_SCOPE_KEY
+from serve_app.asgi.scheduling import ASYNC_JOB_SCOPE_KEY, MAX_PRIORITY_SCOPE_KEY
 from storage.job_requests import FormPart, StoredRequest, UploadedFile
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -29,7 +31,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 DROPPED_HEADERS = frozenset(
     {"authorization", "cookie", "prefer", "content-length", "transfer-encoding", "expect"}
 )
-CONTEXT_KEYS = (OWNER_SCOPE_KEY, REQUEST_ID_SCOPE_KEY)
+CONTEXT_KEYS = (OWNER_SCOPE_KEY, REQUEST_ID_SCOPE_KEY, MAX_PRIORITY_SCOPE_KEY)
 FILE_NAME = "upload"
 
 
@@ -122,6 +124,7 @@ def stored_call(endpoint: Endpoint, stored: StoredRequest, files: dict[str, byte
         "headers": headers,
         "path_params": {},
         **stored.context,
+        ASYNC_JOB_SCOPE_KEY: True,  # the batch class by default, and no deadline
     }
     return StoredCall(endpoint, scope, body)
 

@@ -306,6 +306,7 @@ function common() {
     prompt: $("prompt").value,
     n: number("n") ?? 1,
     output_format: $("output_format").value,
+    priority: $("priority").value,
   };
   const negative = $("negative_prompt").value.trim();
   if (negative) body.negative_prompt = negative;
@@ -431,7 +432,14 @@ function showPartial(card, b64, format, index) {
   card.info.textContent = `preview ${index + 1}…`;
 }
 
-function finish(card, b64, format, seed, started) {
+// The step scheduler's view of one image: its class and how long it was paused.
+function schedulingText(priority, pausedMs) {
+  if (!priority) return "";
+  const paused = pausedMs ? ` · paused ${(pausedMs / 1000).toFixed(1)} s` : "";
+  return `${priority}${paused}`;
+}
+
+function finish(card, b64, format, seed, started, scheduling = "") {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const url = URL.createObjectURL(new Blob([bytes], { type: `image/${format}` }));
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
@@ -446,6 +454,12 @@ function finish(card, b64, format, seed, started) {
   time.className = "time";
   time.textContent = `${seconds} s`;
   card.info.append(seedText, " · ", time);
+  if (scheduling) {
+    const sched = document.createElement("span");
+    sched.className = "scheduling";
+    sched.textContent = scheduling;
+    card.info.append(" · ", sched);
+  }
   if (seed !== undefined && seed !== null) {
     card.reuse.hidden = false;
     card.reuse.addEventListener("click", () => {
@@ -472,7 +486,8 @@ async function readStream(response, cards, started) {
     if (payload.type.endsWith(".partial_image")) {
       showPartial(card, payload.b64_json, payload.output_format, payload.partial_image_index);
     } else if (payload.type.endsWith(".completed")) {
-      finish(card, payload.b64_json, payload.output_format, payload.seed, started);
+      const scheduling = schedulingText(payload.priority, payload.paused_ms);
+      finish(card, payload.b64_json, payload.output_format, payload.seed, started, scheduling);
     }
   }
 }
@@ -482,7 +497,11 @@ async function readWhole(response, cards, started, format) {
   const seeds = (response.headers.get("x-imagegen-seeds") || "").split(",").filter(Boolean);
   body.data.forEach((item, i) => {
     const seed = item.seed ?? (seeds[i] === undefined ? undefined : Number(seeds[i]));
-    if (cards[i]) finish(cards[i], item.b64_json, format, seed, started);
+    const scheduling = schedulingText(
+      response.headers.get("x-imagegen-priority"),
+      Number(response.headers.get("x-imagegen-paused-ms") || 0),
+    );
+    if (cards[i]) finish(cards[i], item.b64_json, format, seed, started, scheduling);
   });
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from serve_app.protocol.openai import MAX_SEED, LenientModel
+from serve_app.protocol.openai import MAX_SEED, Scheduled
 
 
 def _numeric(annotation: Any) -> bool:
@@ -26,7 +26,7 @@ def _numeric(annotation: Any) -> bool:
     return bool(kinds & {int, float}) and bool not in kinds
 
 
-class Txt2ImgRequest(LenientModel):
+class Txt2ImgRequest(Scheduled):
     """A1111's ``StableDiffusionTxt2ImgProcessingAPI``."""
 
     @model_validator(mode="before")

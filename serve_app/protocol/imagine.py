@@ -9,12 +9,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from common.sizes import parse_size
-from serve_app.protocol.openai import MAX_SEED, ImageSize, LenientModel
+from serve_app.protocol.openai import MAX_SEED, ImageSize, Scheduled
 
 MAX_NAME_CHARS = 256
 
 
-class ImagineImageRequest(LenientModel):
+class ImagineImageRequest(Scheduled):
     """The imagine SDK's ``ImageRequest`` (``imagine.types.images``)."""
 
     prompt: str = Field(min_length=1)
@@ -62,7 +62,7 @@ class ImagineImageRequest(LenientModel):
         return parse_size(self.size or "512x512", auto=None)
 
 
-class ImagineRequest(LenientModel):
+class ImagineRequest(Scheduled):
     """``POST /v1/images/imagine``; ``size`` and ``output_format`` are our extensions."""
 
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)

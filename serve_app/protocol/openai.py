@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.formats import OutputFormat
+from common.job import Priority
 from common.sizes import OPENAI_SIZES
 
 ImageSize = Literal[OPENAI_SIZES]  # type: ignore[valid-type]
@@ -33,7 +34,18 @@ class LenientModel(BaseModel):
         return sorted((self.model_extra or {}).keys())
 
 
-class OpenAIImageParams(LenientModel):
+class Scheduled(LenientModel):
+    """A request body of any dialect: it may name its scheduling class."""
+
+    priority: Priority | None = Field(
+        default=None,
+        description="Scheduling class: 'interactive' (the default for synchronous and "
+        "streamed requests) or 'batch' (the default for async jobs). Also the "
+        "X-Imagegen-Priority header; see docs/scheduler.md#priority.",
+    )
+
+
+class OpenAIImageParams(Scheduled):
     """What OpenAI's generate and edit requests share, plus our diffusion extensions."""
 
     model: str | None = Field(
@@ -194,8 +206,11 @@ class ImageGenCompletedEvent(ImageStreamEvent):
 
     type: str = "image_generation.completed"
     usage: ImageUsage | None = None
-    # Extension: the image's seed.
+    # Extensions: the image's seed, its scheduling class, and how long the step scheduler
+    # paused it for interactive work (docs/scheduler.md#priority).
     seed: int | None = None
+    priority: Priority | None = None
+    paused_ms: float | None = None
 
 
 class FreeSizeLimits(BaseModel):

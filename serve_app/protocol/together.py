@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from serve_app.protocol.openai import MAX_SEED, LenientModel
+from serve_app.protocol.openai import MAX_SEED, Scheduled
 
 
-class TogetherImageRequest(LenientModel):
+class TogetherImageRequest(Scheduled):
     """Together's ``ImageGenerateParams``."""
 
     prompt: str = Field(min_length=1)

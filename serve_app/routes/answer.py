@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from common.model_config import ModelConfig
 from serve_app.asgi.endpoints import generation_headers, owner_of, request_id_of
+from serve_app.asgi.scheduling import PRIORITY_HEADER as PRIORITY_RESPONSE_HEADER
+from serve_app.asgi.scheduling import scheduling_of
 from serve_app.dialects.base import Context, Dialect, Translation
 from serve_app.dialects.infotext import with_png_text
 from serve_app.dialects.loras import renamed_param
@@ -43,6 +45,7 @@ def context(ingress: Ingress, request: Request, fetcher: ImageFetcher | None = N
         base_url=ingress.base_url(request),
         fetcher=fetcher,
         owner=owner_of(request),
+        scheduling=scheduling_of(request, ingress.args.ingress.request_timeout_s),
     )
 
 
@@ -60,11 +63,16 @@ async def translate_for(
 ) -> Translation[Any]:
     """Translate a parsed request for ``model``; adapters named by URL are fetched (once,
     through the safe fetcher) and replaced by their cached files. PNG outputs get A1111's
-    ``parameters`` text (``dialects/infotext.py``) unless the dialect wrote its own."""
+    ``parameters`` text (``dialects/infotext.py``) unless the dialect wrote its own.
+    Every job gets its class and deadline here (``asgi/scheduling.py``)."""
+    priority = ctx.scheduling.resolve(dialect.priority(req))
     plan = await dialect.translate(req, model, ctx)
     param = LORA_PARAMS.get(dialect.name, plan.lora_param)
     fetcher = ctx.fetcher or ImageFetcher(ingress.args.images)
-    job = await fetch_url_loras(plan.job, model, fetcher, param)
+    scheduled = dataclasses.replace(
+        plan.job, priority=priority, deadline_at=ctx.scheduling.deadline_at()
+    )
+    job = await fetch_url_loras(scheduled, model, fetcher, param)
     spec = with_png_text(plan.spec, job, model)
     return dataclasses.replace(plan, job=job, spec=spec, lora_param=param)
 
@@ -77,7 +85,11 @@ async def answer(
 ) -> Response:
     """Generate and encode (or stream), then the dialect's JSON body, with the seeds and
     model headers every generating route sends."""
-    headers = {**generation_headers(plan.job.seeds, model.id), **(extra_headers or {})}
+    headers = {
+        **generation_headers(plan.job.seeds, model.id),
+        PRIORITY_RESPONSE_HEADER: plan.job.priority,
+        **(extra_headers or {}),
+    }
     if plan.stream is not None:
         frames = await ingress.stream_images(model, plan.job, plan.spec, plan.stream)
         return sse_response(frames, headers)

@@ -24,6 +24,7 @@ from common import limits
 from common.errors import APIError, invalid
 from serve_app.asgi.endpoints import api_endpoint, owner_of, read_body, request_id_of
 from serve_app.asgi.openapi import ApiRoute, Operation
+from serve_app.asgi.scheduling import parse_priority, scheduling_of
 from serve_app.inputs.fetch import ImageFetcher
 from serve_app.inputs.uploads import read_form
 from serve_app.jobs.replay import Endpoint, capture
@@ -107,6 +108,9 @@ def routes(ingress: Ingress, wrapped: list[BaseRoute]) -> list[BaseRoute]:
     ) -> Response:
         url, events, model_name = job_fields(fields, endpoint in MULTIPART_ENDPOINTS)
         model = ingress.resolve_model(model_name)
+        # A class the job could never run with is refused now, not when it runs.
+        scheduling = scheduling_of(request, ingress.args.ingress.request_timeout_s, True)
+        scheduling.resolve(parse_priority(fields.get("priority"), "priority"))
         if url is not None:
             if sender is None:
                 raise invalid(

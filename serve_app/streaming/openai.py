@@ -69,6 +69,8 @@ class OpenAIStream:
                     created_at=now,
                     image_index=index,
                     seed=self.job.seeds[index],
+                    priority=self.job.priority,
+                    paused_ms=round(event.paused_ms, 1),
                     usage=self.usage,
                     **self.common,
                 )

@@ -92,6 +92,8 @@ def test_generate_streams_previews_then_the_final_image(
     assert card.get_attribute("data-seed") == "1234"
     assert "seed 1234" in card.locator(".info").inner_text()
     assert card.locator(".time").inner_text().endswith(" s")
+    # The step scheduler's view: the class (and, had it been paused, for how long).
+    assert card.locator(".scheduling").inner_text().startswith("interactive")
     # Both previews replaced each other in the one <img> before the final image.
     assert card.locator("img").get_attribute("data-partials") == "2"
     size = page.eval_on_selector(".card img", "i => [i.naturalWidth, i.naturalHeight]")

@@ -1,6 +1,7 @@
 """The ``imagegen-hardened`` test app: serve_config.yaml's first model, made small.
 
-- API keys on, read from a file as from a mounted secret (:data:`API_KEY`).
+- API keys on, read from a file as from a mounted secret (:data:`API_KEY`), and a
+  batch-limited key (:data:`BATCH_KEY`) from another.
 - A tiny model queue (``max_ongoing_requests`` 2, ``max_queued_requests`` 4), so a
   burst of requests meets backpressure at once, and the ingress's own admission at 48
   (far below Serve's ``max_ongoing_requests`` of 512), so a storm of hundreds meets a
@@ -20,6 +21,7 @@ HARDENED_PREFIX = "/hardened"
 HARDENED_MODEL = "Model:tiny-sdxl"
 API_KEY = "sk-hardened-0123456789abcdef"
 SECOND_KEY = "sk-second-fedcba9876543210"
+BATCH_KEY = "sk-batch-only-0123456789ab"  # max_priority: batch
 CORS_ORIGIN = "https://app.example"
 MODEL_ONGOING, MODEL_QUEUED = 2, 4
 INGRESS_ONGOING, INGRESS_LIMIT = 512, 48
@@ -30,6 +32,8 @@ def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
     """``args`` (the suite's copy of serve_config.yaml) for the hardened app."""
     keys_file = Path(secret_dir) / "api-keys"
     keys_file.write_text(f"# two keys, one per line\n{API_KEY}\n{SECOND_KEY}\n")
+    batch_keys_file = Path(secret_dir) / "batch-api-keys"
+    batch_keys_file.write_text(f"{BATCH_KEY}\n")
     model = args["models"][0]
     model.update(
         max_steps=4,
@@ -63,7 +67,11 @@ def hardened_args(args: dict[str, Any], secret_dir: str) -> dict[str, Any]:
         "max_ongoing_requests": INGRESS_ONGOING,
         "ray_actor_options": {"num_cpus": 0.05},
     }
-    args["ingress"]["api_keys"] = {"keys_file": str(keys_file), "required": True}
+    args["ingress"]["api_keys"] = {
+        "keys_file": str(keys_file),
+        "batch_keys_file": str(batch_keys_file),
+        "required": True,
+    }
     # Few unfinished jobs per replica, so the test can pass jobs.max_queued.
     args["jobs"] = {**args.get("jobs", {}), "max_queued": JOBS_MAX_QUEUED}
     args["ingress"]["cors"] = {"allow_origins": [CORS_ORIGIN]}

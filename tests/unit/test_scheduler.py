@@ -18,6 +18,7 @@ import pytest
 
 from common.job import BatchStats, GenerationJob, ImageEvent, LoraRef
 from deployments.metrics import ModelMetrics
+from deployments.model.scheduler.policy import AdmissionPolicy
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.scheduler.step_loop import StepLoop
 from deployments.model.scheduler.submission import Submission
@@ -35,7 +36,8 @@ class InlineExecutor:
 
 def make_loop(family: FakeFamily, budget: int = 8) -> StepLoop:
     runner = StepRunner(family, family.lora_rows)
-    return StepLoop(runner, InlineExecutor(), budget, BatchStats(), ModelMetrics("fake"))  # type: ignore[arg-type]
+    policy = AdmissionPolicy(budget)
+    return StepLoop(runner, InlineExecutor(), policy, BatchStats(), ModelMetrics("fake"))  # type: ignore[arg-type]
 
 
 def job(rid: str, *seeds: int, steps: int = 4, guidance: float = 0.0, **kw: Any) -> GenerationJob:

@@ -3,19 +3,15 @@
 The loop runs on the replica's single pipeline thread while there is work, and
 hands events back through each submission's ``sink``. At every step boundary it
 
-1. admits waiting requests in arrival order while their images fit the row budget
-   (a request is admitted whole; its prompt is encoded once, its rows prepared);
+1. asks the admission policy (``policy.py``) what to do with the requests that are
+   not running: admit waiting ones and resume paused ones that fit the latent-pixel
+   budget, pause running batch rows for interactive ones, refuse those that cannot
+   meet their deadline (a request is admitted whole; its prompt is encoded once);
 2. drops the rows of cancelled requests;
-3. picks one tick group, round robin in the order the groups appeared (so no latent
-   shape starves: every group with rows gets a tick before any group gets two);
-4. runs one tick (one UNet call) over that group's rows, sends previews that are
+3. picks one tick group, round robin (``groups.py``: no latent shape starves);
+4. runs one tick (one denoiser call) over that group's rows, sends previews that are
    due, VAE-decodes the rows that finished together, and sends a request its
    final images as soon as all of its rows are done.
-
-A tick group is the family's ``tick_key`` (a latent shape). DeepCache rows reuse
-deep features of the same rows between steps, so they tick only with the rows
-admitted in the same round with the same interval (a cohort, its own group); any
-other rows share a call.
 
 The loop knows no architecture: rows, ticks, previews and decodes go through the
 family seam (``deployments/model/families/base.py``) via :class:`StepRunner`.
@@ -30,7 +26,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -38,31 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from common.job import BatchStats, ImageEvent, partial_steps
+from common.job import BatchStats, ImageEvent
 from deployments.metrics import ModelMetrics
-from deployments.model.families.base import Row, TickCache
+from deployments.model.families.base import Row
+from deployments.model.scheduler.active import Active, events_after_tick
+from deployments.model.scheduler.class_stats import ClassStats
+from deployments.model.scheduler.groups import TickGroup, TickGroups
+from deployments.model.scheduler.policy import AdmissionPolicy
 from deployments.model.scheduler.runner import StepRunner
 from deployments.model.scheduler.submission import Submission, invalid_output_error
 
 logger = logging.getLogger("imagegen.steps")
-
-
-@dataclass(eq=False)
-class Active:
-    """An admitted request: its rows, finished images and preview schedule."""
-
-    sub: Submission
-    rows: list[Row]
-    images: dict[int, np.ndarray] = field(default_factory=dict)
-    schedule: dict[int, int] = field(default_factory=dict)  # position -> partial index
-    failed: bool = False
-
-
-@dataclass(eq=False)
-class TickGroup:
-    key: tuple[Any, ...]
-    rows: list[Row] = field(default_factory=list)
-    cache: TickCache | None = None  # a DeepCache for a cohort
 
 
 @dataclass
@@ -81,26 +62,37 @@ class StepLoop:
         self,
         runner: StepRunner,
         executor: Executor,
-        budget: int,
+        policy: AdmissionPolicy,
         stats: BatchStats,
         metrics: ModelMetrics,
     ) -> None:
         self.runner = runner
         self.executor = executor
-        self.budget = budget
+        self.policy = policy
         self.stats = stats
         self.step_stats = StepStats()
+        self.classes = ClassStats(metrics)
         self.metrics = metrics
         self._lock = threading.Lock()
-        self._pending: deque[Submission] = deque()
+        self._pending: list[Submission] = []
         self._driving = False
-        self._groups: dict[tuple[Any, ...], TickGroup] = {}
+        self._groups = TickGroups(runner.new_cache)
         self._requests: dict[int, Active] = {}
-        self._round = 0
 
     # -- called from the event loop ---------------------------------------------
 
     def submit(self, sub: Submission) -> None:
+        now = self.policy.now()
+        sub.arrived = now
+        if sub.job.deadline_at is not None:
+            sub.deadline = now + (sub.job.deadline_at - time.time())
+        refusal = self.policy.late(sub, now)
+        if refusal is not None:  # out of reach already: refused before it queues
+            with self._lock:
+                self.classes.refused_for_deadline()
+            self._emit(sub, ImageEvent("error", None, error=refusal))
+            return
+        sub.start_idle(now, paused=False)
         with self._lock:
             self._pending.append(sub)
             self.metrics.step_queue_depth.set(len(self._pending))
@@ -111,17 +103,23 @@ class StepLoop:
 
     @property
     def active_rows(self) -> int:
-        # list(): one atomic copy, as the event loop may read while the pipeline thread adds.
-        return sum(len(group.rows) for group in list(self._groups.values()))
+        return self._groups.row_count
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for ``stats()``, copied under the lock (the pipeline thread writes)."""
         with self._lock:
+            per_step = self.policy.step_clock.per_step_s
             return {
                 **asdict(self.stats),
                 **asdict(self.step_stats),
                 "waiting_requests": len(self._pending),
                 "active_rows": self.active_rows,
+                # list(): one atomic copy, as the pipeline thread may add meanwhile.
+                "paused_requests": sum(a.parked is not None for a in list(self._requests.values())),
+                "latent_pixel_budget": self.policy.budget,
+                "order": self.policy.order,
+                "per_step_ms": None if per_step is None else round(per_step * 1000, 2),
+                "priority": self.classes.snapshot(),
             }
 
     # -- the pipeline thread ------------------------------------------------------
@@ -132,7 +130,7 @@ class StepLoop:
                 self._admit()
                 if not self._groups:
                     with self._lock:
-                        if not self._pending:
+                        if not self._pending and not self._paused():
                             self._driving = False
                             return
                     continue
@@ -141,61 +139,84 @@ class StepLoop:
             logger.exception("step loop failed; failing its requests")
             self._fail_everything(exc)
 
+    def _paused(self) -> list[Active]:
+        return [a for a in self._requests.values() if a.parked is not None]
+
     def _admit(self) -> None:
-        admitted: list[Submission] = []
+        for active in self._paused():
+            if active.sub.cancelled:  # left while paused
+                self._requests.pop(id(active.sub), None)
+                self.classes.resumed(len(active.parked or ()))
+                self._count_dropped(len(active.parked or ()), active.sub.steps_left)
+        paused = {id(a.sub): a for a in self._paused()}
+        running = [a.sub for a in self._requests.values() if a.parked is None and not a.failed]
         with self._lock:
-            used = self.active_rows
-            while self._pending:
-                sub = self._pending[0]
-                if not sub.cancelled and used + sub.n > self.budget and used > 0:
-                    break  # strict arrival order: a large request is never overtaken
-                self._pending.popleft()
-                if sub.cancelled:
-                    self._count_dropped(sub.n, sub.job.steps)
-                    continue
-                admitted.append(sub)
-                used += sub.n
+            for sub in [s for s in self._pending if s.cancelled]:
+                self._pending.remove(sub)
+                self._count_dropped(sub.n, sub.job.steps)
+            plan = self.policy.plan(self._pending, [a.sub for a in paused.values()], running)
+            leaving = {id(sub) for sub in plan.start} | {id(sub) for sub, _ in plan.refuse}
+            self._pending = [sub for sub in self._pending if id(sub) not in leaving]
             self.metrics.step_queue_depth.set(len(self._pending))
-        if not admitted:
-            return
-        self._round += 1
-        now = time.perf_counter()
+            for _ in plan.refuse:
+                self.classes.refused_for_deadline()
+        for sub, refusal in plan.refuse:
+            self._emit(sub, ImageEvent("error", None, error=refusal))  # type: ignore[arg-type]
+        now = self.policy.now()
+        for victim in plan.pause:
+            self._pause(self._requests[id(victim)], now)
+        admitted = [sub for sub in plan.start if id(sub) not in paused]
+        for sub in plan.start:
+            if id(sub) in paused:
+                self._resume(paused[id(sub)], now)
+        if admitted:
+            self._admit_new(admitted, now)  # type: ignore[arg-type]
+
+    def _admit_new(self, admitted: list[Submission], now: float) -> None:
+        self._groups.new_round()
         images = sum(sub.n for sub in admitted)
         with self._lock:  # stats() snapshots under the same lock
             self.stats.record(len(admitted), images, 0, sum(sub.stream for sub in admitted))
+            for sub in admitted:
+                self.classes.admitted(sub.priority, (now - sub.arrived) * 1000)
         self.metrics.batch_images.observe(images)
         for sub in admitted:
+            sub.stop_idle(now)
             self.metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
             try:
                 rows = self.runner.admit(sub.job, sub)
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone
                 self._fail(sub, exc)
                 continue
-            active = Active(sub, rows)
-            if sub.stream and sub.job.partial_images > 0:
-                steps = partial_steps(rows[0].total, sub.job.partial_images)
-                active.schedule = {step: i for i, step in enumerate(steps)}
-            self._requests[id(sub)] = active
-            interval = sub.job.deep_cache_interval
-            key: tuple[Any, ...] = (rows[0].tick_key, interval, self._round if interval else None)
-            group = self._groups.get(key)
-            if group is None:
-                group = TickGroup(key)
-                if interval:
-                    group.cache = self.runner.new_cache(interval)
-                self._groups[key] = group
-            group.rows.extend(rows)
-            if group.cache is not None:
-                group.cache.invalidate()
+            self._requests[id(sub)] = Active.admitted(sub, rows)
+            self._groups.place(rows, sub.job.deep_cache_interval)
+
+    def _pause(self, active: Active, now: float) -> None:
+        """Take a running request's rows out of the batch; they keep all their state."""
+        active.parked = self._groups.take(active.sub)
+        active.sub.start_idle(now, paused=True)
+        with self._lock:
+            self.classes.paused(len(active.parked))
+
+    def _resume(self, active: Active, now: float) -> None:
+        parked, active.parked = active.parked or [], None
+        active.sub.stop_idle(now)
+        with self._lock:
+            self.classes.resumed(len(parked))
+        if parked:
+            self._groups.new_round()  # a DeepCache cohort starts afresh
+            self._groups.place(parked, active.sub.job.deep_cache_interval)
 
     def _tick_next(self) -> None:
-        key = next(iter(self._groups))
-        group = self._groups.pop(key)
+        group = self._groups.next()
         self._drop_cancelled(group)
         if group.rows:
+            now = self.policy.now()
+            if group.last_tick is not None:  # a row of this group waits this long per step
+                self.policy.step_clock.observe(now - group.last_tick)
+            group.last_tick = now
             self._tick(group)
-        if group.rows:
-            self._groups[key] = group  # to the back of the rotation
+        self._groups.requeue(group)  # to the back of the rotation
 
     def _drop_cancelled(self, group: TickGroup) -> None:
         keep = []
@@ -262,31 +283,10 @@ class StepLoop:
         self.metrics.rows_per_unet_call.observe(rows)
 
     def _send_previews(self, rows: list[Row]) -> None:
-        """After a tick: step counts to requests that asked for them (async jobs), then
-        previews to streamed requests due one at this step."""
-        reported: set[int] = set()
-        for row in rows:
-            sub = row.owner
-            if id(sub) in reported or not (sub.stream and sub.job.report_progress):
-                continue
-            reported.add(id(sub))
-            if not sub.cancelled:
-                event = ImageEvent("progress", None, step=row.position, total_steps=row.total)
-                self._emit(sub, event)
-        seen: set[int] = set()
-        for row in rows:
-            active = self._request(row)
-            if id(active) in seen or row.position not in active.schedule:
-                continue
-            seen.add(id(active))
-            sub = active.sub
-            partial_index = active.schedule[row.position]
-            if sub.cancelled or partial_index in sub.sent_partials:
-                continue
-            mine = sorted(active.rows, key=lambda r: r.index)
-            sub.sent_partials.add(partial_index)
-            self.stats.partial_images_sent += len(mine)
-            self._emit(sub, ImageEvent("partial", self.runner.preview(mine), partial_index))
+        for sub, event in events_after_tick(rows, self._request, self.runner.preview):
+            if event.kind == "partial":
+                self.stats.partial_images_sent += len(event.pixels)
+            self._emit(sub, event)
 
     def _finish(self, rows: list[Row]) -> None:
         """Decode the rows that finished together (per shape); complete their requests."""
@@ -324,9 +324,12 @@ class StepLoop:
                 continue
             active.images[row.index] = image
             if len(active.images) == active.sub.n:
-                self._requests.pop(id(active.sub), None)
-                stack = np.stack([active.images[i] for i in range(active.sub.n)])
-                self._emit(active.sub, ImageEvent("final", stack))
+                sub = active.sub
+                self._requests.pop(id(sub), None)
+                stack = np.stack([active.images[i] for i in range(sub.n)])
+                with self._lock:
+                    self.classes.finished(sub.priority, (self.policy.now() - sub.arrived) * 1000)
+                self._emit(sub, ImageEvent("final", stack, paused_ms=sub.paused_s * 1000))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -347,9 +350,7 @@ class StepLoop:
             active.failed = True
         self.stats.failed_requests += 1
         self._emit(sub, ImageEvent("error", None, error=error))
-        # Its rows leave every group at their next tick.
-        for group in self._groups.values():
-            group.rows = [row for row in group.rows if row.owner is not sub]
+        self._groups.take(sub)  # its rows leave every group (the ticking one drops them)
 
     def _count_dropped(self, images: int, steps: int) -> None:
         self.stats.dropped_images += images
@@ -364,6 +365,7 @@ class StepLoop:
         subs = [active.sub for active in self._requests.values()] + pending
         self._requests.clear()
         self._groups.clear()
+        self.classes.paused_rows = 0
         for sub in subs:
             self._emit(sub, ImageEvent("error", None, error=exc))
 
@@ -371,5 +373,7 @@ class StepLoop:
         """Denoise one job start to end on the calling (pipeline) thread: the warm-up."""
         rows = self.runner.admit(job, None)
         while not rows[0].done:
+            started = time.perf_counter()
             self.runner.tick(rows)
+            self.policy.step_clock.observe(time.perf_counter() - started)
         return self.runner.decode(rows)[0]
