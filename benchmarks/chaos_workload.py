@@ -107,7 +107,7 @@ def a1111_txt2img(i: int, rng: random.Random) -> Request:
 
 
 def imagine_object(i: int, rng: random.Random) -> Request:
-    # The images API takes no step count: the model's default (20) at 64 px.
+    # The images API takes no step count: the model's default (4 in the chaos app).
     body = {"name": f"chaos-{i}", "prompt": f"chaos {i % 13}", "size": "512x512", "seed": i}
     return {"method": "POST", "url": "/v1/images/imagine", "json": body}
 
