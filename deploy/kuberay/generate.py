@@ -7,7 +7,8 @@
 it, deep-merges ``gpu_overrides.yaml``'s ``every_model`` into every model (a GPU per
 model replica), puts its ``storage`` in place of the app's (S3: a cluster has more
 than one pod, where ``storage.kind: local`` is refused), and replaces the
-``serveConfigV2: |`` block of the manifest with the result. The rest of the manifest (the cluster) is hand-written and left as it is.
+``serveConfigV2: |`` block of the manifest with the result. The rest of the manifest
+(the cluster) is hand-written and left as it is.
 """
 
 from __future__ import annotations
