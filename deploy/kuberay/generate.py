@@ -4,9 +4,11 @@
     python -m deploy.kuberay.generate --check   # exit 1 if the manifest is out of date
 
 ``serve_config.yaml`` is the one source of truth for what runs. The generator takes
-it, deep-merges ``gpu_overrides.yaml`` into every model (placement only: a GPU per
-model replica), and replaces the ``serveConfigV2: |`` block of the manifest with the
-result. The rest of the manifest (the cluster) is hand-written and left as it is.
+it, deep-merges ``gpu_overrides.yaml``'s ``every_model`` into every model (a GPU per
+model replica), puts its ``storage`` in place of the app's (S3: a cluster has more
+than one pod, where ``storage.kind: local`` is refused), and replaces the
+``serveConfigV2: |`` block of the manifest with the result. The rest of the manifest
+(the cluster) is hand-written and left as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ HEADER = (
     "# Generated from serve_config.yaml (+ deploy/kuberay/gpu_overrides.yaml) by\n"
     "# `python -m deploy.kuberay.generate`. Do not edit here.\n"
 )
-OVERRIDE_KEYS = {"every_model"}
+OVERRIDE_KEYS = {"every_model", "storage"}
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +47,8 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """serve_config.yaml as the cluster runs it: overrides merged into every model."""
+    """serve_config.yaml as the cluster runs it: overrides merged into every model, and
+    the cluster's ``storage`` in place of the app's."""
     unknown = sorted(set(overrides) - OVERRIDE_KEYS)
     if unknown:
         raise ValueError(f"unknown keys in {OVERRIDES.name}: {unknown}")
@@ -55,6 +58,8 @@ def cluster_serve_config(serve_config: dict[str, Any], overrides: dict[str, Any]
         app["args"]["models"] = [
             deep_merge(model, overrides.get("every_model", {})) for model in models
         ]
+        if "storage" in overrides:
+            app["args"]["storage"] = copy.deepcopy(overrides["storage"])
     return config
 
 

@@ -158,12 +158,18 @@ def test_serve_config_v2_is_in_sync_with_serve_config() -> None:
     )
 
 
-def test_serve_config_v2_is_serve_config_plus_gpu_placement(manifest: dict[str, Any]) -> None:
+def test_serve_config_v2_is_serve_config_plus_gpu_placement_and_s3(
+    manifest: dict[str, Any],
+) -> None:
     shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    overrides = yaml.safe_load(generate.OVERRIDES.read_text())
     embedded = serve_config_v2(manifest)
-    for model in embedded["applications"][0]["args"]["models"]:
+    args = embedded["applications"][0]["args"]
+    for model in args["models"]:
         assert model.pop("device") == "cuda"
         assert model["deployment"]["ray_actor_options"].pop("num_gpus") == 1
+    assert args["storage"] == overrides["storage"]
+    args["storage"] = shipped["applications"][0]["args"]["storage"]
     assert embedded == shipped
 
 
@@ -230,6 +236,43 @@ def test_serve_deploy_schema_is_applied(manifest: dict[str, Any]) -> None:
 
 
 # --- the cluster's shape ---------------------------------------------------------------
+
+
+def _deployments(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    args = serve_config_v2(manifest)["applications"][0]["args"]
+    found = {model["id"]: model["deployment"] for model in args["models"]}
+    return found | {part: args[part]["deployment"] for part in ("encoder", "ingress")}
+
+
+def test_no_replica_fits_on_the_head(manifest: dict[str, Any]) -> None:
+    """The head offers 0 CPUs and 0 GPUs: a replica asking for neither could land there."""
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert "nvidia.com/gpu" not in container(head)["resources"]["limits"]
+    for name, deployment in _deployments(manifest).items():
+        options = deployment["ray_actor_options"]
+        assert options.get("num_cpus", 1) > 0 or options.get("num_gpus", 0) > 0, name
+
+
+def test_the_cluster_stores_in_s3_with_credentials_from_a_secret(
+    manifest: dict[str, Any],
+) -> None:
+    """More than one pod: the shipped local store would be refused, the manifest's is S3."""
+    from common.config import StorageConfig
+    from storage.factory import check_store_fits_cluster
+
+    args = serve_config_v2(manifest)["applications"][0]["args"]
+    storage = StorageConfig.model_validate(args["storage"])
+    assert storage.kind == "s3" and storage.bucket
+    check_store_fits_cluster(storage, nodes=3)
+    shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    local = StorageConfig.model_validate(shipped["applications"][0]["args"]["storage"])
+    with pytest.raises(ValueError, match="storage.kind: s3"):
+        check_store_fits_cluster(local, nodes=3)
+    for group in groups(manifest).values():  # where the replicas run
+        env = {var["name"]: var for var in container(group)["env"]}
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "value" not in env[name], name
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "imagegen-s3", name
 
 
 def test_head_takes_no_gpu_and_no_replicas(manifest: dict[str, Any]) -> None:
