@@ -4,7 +4,9 @@ This is the generic half of a tick. The family predicts (one denoiser call over 
 rows, each with its own timestep, conditioning and guidance) and steps each row with
 its own scheduler; this runner wraps the call in the LoRA row context (batch entry
 *i* gets the adapters of the row it belongs to) and isolates a failing row's step
-from its tick mates. Everything here runs on the replica's single pipeline thread.
+from its tick mates. A family with a ``step_batch(rows, predictions)`` (the real
+ones: ``families/batched_step.py``) steps its plain-Euler rows in one vectorised
+update; others step row by row. Everything here runs on the replica's single pipeline thread.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class StepRunner:
         self.family.pin_threads()
         with self._lora_rows(per_entry_adapters(rows)):
             predictions = self.family.predict(rows, cache)
+        step_batch = getattr(self.family, "step_batch", None)
+        if step_batch is not None:  # one vectorised step where the rows' samplers allow it
+            return list(step_batch(rows, predictions))
         errors: list[Exception | None] = []
         for row, prediction in zip(rows, predictions, strict=True):
             try:

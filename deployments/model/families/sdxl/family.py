@@ -21,6 +21,7 @@ from common.families import BUILTIN_DEMO_LORAS
 from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row
+from deployments.model.families.batched_step import step_rows
 from deployments.model.families.derived import DerivedPipelines
 from deployments.model.families.loading import (
     load_pipeline,
@@ -172,6 +173,10 @@ class SdxlFamily:
                     proper = r.scheduler.add_noise(proper, r.noise, torch.tensor([next_t]))
                 r.latents = (1 - r.mask) * proper + r.mask * r.latents
         r.position += 1
+
+    def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+        """Plain-Euler rows in one vectorised update; other samplers and inpaint row by row."""
+        return step_rows(rows, predictions, self.step)
 
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
         """Latent-resolution previews, each with its own row's noise level."""
