@@ -42,6 +42,28 @@ class StepRunner:
         self.family.pin_threads()
         return self.family.admit(job, owner)
 
+    def admit_many(
+        self, requests: Sequence[tuple[GenerationJob, Any]]
+    ) -> list[list[Row] | Exception]:
+        """Requests admitted in the same round: each one's rows, or the exception that
+        refused it, in order. A family with ``admit_many`` encodes their prompts in one
+        call; if that call fails, each request is admitted alone so a bad one fails alone.
+        """
+        self.family.pin_threads()
+        many = getattr(self.family, "admit_many", None)
+        if many is not None and len(requests) > 1:
+            try:
+                return list(many(requests))
+            except Exception:  # noqa: BLE001 - retried one request at a time below
+                pass
+        out: list[list[Row] | Exception] = []
+        for job, owner in requests:
+            try:
+                out.append(self.family.admit(job, owner))
+            except Exception as exc:  # noqa: BLE001 - fails only this request
+                out.append(exc)
+        return out
+
     def new_cache(self, interval: int) -> TickCache:
         return self.family.new_cache(interval)
 

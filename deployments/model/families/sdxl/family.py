@@ -31,7 +31,13 @@ from deployments.model.families.loading import (
 )
 from deployments.model.families.sdxl.deepcache import DeepCache
 from deployments.model.families.sdxl.previews import latents_to_rgb
-from deployments.model.families.sdxl.rows import SdxlRow, encode_job_prompt, make_rows
+from deployments.model.families.sdxl.rows import (
+    SdxlRow,
+    encode_job_prompt,
+    encode_job_prompts,
+    make_rows,
+    prompt_batch_key,
+)
 from deployments.model.families.sdxl.tiny import TINY_SDXL, ensure_tiny_sdxl
 from deployments.model.lora.parse import LoadedAdapter, parse_adapter, split_prefix
 
@@ -102,6 +108,30 @@ class SdxlFamily:
             scheduler = self.scheduler_for(job.scheduler)
             rows = make_rows(self.pipelines, scheduler, job, owner, prompt, self.device)
         return list(rows)
+
+    def admit_many(self, requests: Sequence[tuple[GenerationJob, Any]]) -> list[Any]:
+        """Several requests admitted in one round: their prompts encoded in one call per
+        :func:`prompt_batch_key`; each request's rows (or its exception) in order."""
+        import torch
+
+        out: list[Any] = [None] * len(requests)
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, (job, _) in enumerate(requests):
+            groups.setdefault(prompt_batch_key(self.pipe, job), []).append(i)
+        with torch.inference_mode():
+            for members in groups.values():
+                jobs = [requests[i][0] for i in members]
+                prompts = encode_job_prompts(self.pipelines, jobs, self.device)
+                for i, prompt in zip(members, prompts, strict=True):
+                    job, owner = requests[i]
+                    try:
+                        scheduler = self.scheduler_for(job.scheduler)
+                        out[i] = list(
+                            make_rows(self.pipelines, scheduler, job, owner, prompt, self.device)
+                        )
+                    except Exception as exc:  # noqa: BLE001 - fails only this request
+                        out[i] = exc
+        return out
 
     def new_cache(self, interval: int) -> DeepCache:
         return DeepCache(self.pipe.unet, interval)
