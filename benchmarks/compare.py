@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--concurrency must include 1 and 8 (the targets read them)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model = {**model_config(args.config), "generation_scale": 1.0}
-    rounds = []
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config["command"] = "python -m benchmarks.run --compare " + " ".join(argv or sys.argv[1:])
+    config["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}"
+    rounds: list[dict[str, Any]] = []
     for index in range(args.rounds):
         order = PHASES[index % 3 :] + PHASES[: index % 3]
         entry: dict[str, Any] = {
@@ -210,17 +213,20 @@ def main(argv: list[str] | None = None) -> None:
         entry["ratios"] = ratios(entry)
         print(json.dumps({"round": index + 1, **entry["ratios"], "uptime": entry["uptime"]}))
         rounds.append(entry)
+        write(args.out, config, rounds)  # after every round: a cut-short run keeps its rounds
+    print(write(args.out, config, rounds))
+
+
+def write(out: Path, config: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
+    """``out.json`` and ``out.md`` from the rounds so far; returns the Markdown."""
     keys = rounds[0]["ratios"].keys()
     medians = {k: statistics.median(r["ratios"][k] for r in rounds) for k in keys}
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config["command"] = "python -m benchmarks.run --compare " + " ".join(argv or sys.argv[1:])
-    config["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    config["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}"
+    config = {**config, "date": datetime.now(UTC).isoformat(timespec="seconds")}
     result = {"config": config, "rounds": rounds, "medians": medians}
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     table = markdown(result)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+    out.with_suffix(".md").write_text(table)
+    return table
 
 
 def _ints(text: str) -> list[int]:
