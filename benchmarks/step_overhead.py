@@ -113,6 +113,39 @@ def measure(model: dict[str, Any], rows: int, size: int, steps: int, ticks: int)
     }
 
 
+def step_paths(model: dict[str, Any], rows: int, size: int, ticks: int) -> dict[str, float]:
+    """The rows' scheduler steps alone, per row (``family.step`` each, the old path) vs
+    one ``family.step_batch``, alternating tick by tick on the same rows: median µs.
+
+    No denoiser call: the predictions are random tensors of the latents' shape, so the
+    figure is the stepping's own cost, and alternating cancels the machine's drift.
+    """
+    import torch
+
+    from deployments.model.families.registry import load_family
+
+    config = ModelConfig.model_validate({**model, "generation_scale": 1.0, "warmup": False})
+    family: Any = load_family(config)
+    active: list[Any] = []
+    for seed in range(rows):
+        job = GenerationJob("steps", "a", None, (seed,), size, size, 2 * ticks + 2, 1.0)
+        active += family.admit(job, None)
+    for row in active:  # as predict() does before every step (Euler warns otherwise)
+        if hasattr(row.scheduler, "scale_model_input"):
+            row.scheduler.scale_model_input(row.latents, row.timesteps[0])
+    times: dict[str, list[float]] = {"per_row": [], "vectorised": []}
+    for tick in range(2 * ticks):
+        predictions = [torch.randn_like(row.latents) * 0.1 for row in active]
+        started = time.perf_counter()
+        if tick % 2:
+            family.step_batch(active, predictions)
+        else:
+            for row, prediction in zip(active, predictions, strict=True):
+                family.step(row, prediction)
+        times["vectorised" if tick % 2 else "per_row"].append(time.perf_counter() - started)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
 def _per_item(call: Callable[[], Any], items: int, repeats: int = 5) -> float:
     """Median ms of ``call`` divided by the ``items`` it handles."""
     times = []
@@ -154,8 +187,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ticks", type=int, default=60)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--steps-only", action="store_true", help="only the scheduler steps: per row vs vectorised"
+    )
     args = parser.parse_args()
     model = model_config(args.config, args.model)
+    if args.steps_only:
+        result = {"loadavg_before": os.getloadavg()[0], "model": model["id"], "steps": {}}
+        print("rows | per-row steps µs | vectorised µs | ratio")
+        for rows in (int(x) for x in args.rows.split(",")):
+            paths = step_paths(model, rows, args.size, args.ticks)
+            result["steps"][rows] = paths
+            ratio = paths["per_row"] / paths["vectorised"]
+            print(f"{rows} | {paths['per_row']:.0f} | {paths['vectorised']:.0f} | {ratio:.1f}x")
+        if args.out is not None:
+            args.out.write_text(json.dumps(result, indent=1))
+        return
     result = {"loadavg_before": os.getloadavg()[0], "model": model["id"], "levels": []}
     print(
         "rows | tick | forward | stacking | scheduler | bookkeeping | preview  (µs, median)"
