@@ -32,6 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -65,7 +66,8 @@ def litserve_peer(args: argparse.Namespace, port: int) -> Iterator[str]:
     """The peer in its own process group; stopped with SIGTERM, then SIGKILL, by that id."""
     command = [sys.executable, "-m", "benchmarks.peers.litserve_server", "--port", str(port)]
     command += ["--config", str(args.config), "--size", args.size]
-    log = open(args.out.with_suffix(".litserve.log"), "a")  # noqa: SIM115 - closed below
+    log_path = Path(tempfile.gettempdir()) / f"compare-litserve-{os.getpid()}.log"
+    log = open(log_path, "a")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
