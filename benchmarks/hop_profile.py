@@ -23,18 +23,21 @@ import psutil
 
 HOPS = ("proxy", "ingress", "model", "encoder", "ray core", "client")
 
-# Checked in order against the frames of a stack, leaf first: the first that matches
-# names the sample. Paths are matched as substrings of py-spy's "func (file:line)".
+# Checked in order against every frame of a stack: the first category with a frame
+# in it names the sample. py-spy writes a frame as "func (path:line)", the path
+# relative to sys.path, so a needle matches after "(" or "/".
 CATEGORIES = (
-    ("torch: models", ("/torch/nn/", "/diffusers/models/", "/transformers/models/")),
-    ("scheduler steps", ("/diffusers/schedulers/", "families/batched_step.py")),
-    ("image codec (PIL)", ("/PIL/", "encoder/codec.py")),
+    ("torch: VAE decode", ("diffusers/models/autoencoders/",)),
+    ("torch: text encoders", ("transformers/models/",)),
+    ("torch: denoiser", ("diffusers/models/", "torch/nn/")),
+    ("scheduler steps", ("diffusers/schedulers/", "families/batched_step.py")),
+    ("image codec (PIL)", ("PIL/", "encoder/codec.py")),
     ("step loop + families", ("model/scheduler/", "model/families/")),
-    ("app code", ("/serve_app/", "/deployments/", "/storage/", "/common/")),
-    ("Ray Serve", ("/ray/serve/",)),
-    ("Ray core (Python)", ("/ray/",)),
-    ("HTTP/ASGI", ("/starlette/", "/uvicorn/", "/fastapi/", "/h11/", "/httptools/")),
-    ("asyncio", ("/asyncio/",)),
+    ("app code", ("serve_app/", "deployments/", "storage/", "common/")),
+    ("Ray Serve", ("ray/serve/",)),
+    ("Ray core (Python)", ("ray/",)),
+    ("HTTP/ASGI", ("starlette/", "uvicorn/", "fastapi/", "h11/", "httptools/")),
+    ("asyncio", ("asyncio/",)),
 )
 
 
@@ -117,8 +120,9 @@ def read_stacks(path: Path) -> Counter[str]:
 def category(stack: str) -> str:
     frames = stack.split(";")
     for name, needles in CATEGORIES:
-        if any(needle in frame for frame in frames for needle in needles):
-            return name
+        for needle in needles:
+            if any(f"({needle}" in frame or f"/{needle}" in frame for frame in frames):
+                return name
     return "other Python"
 
 
@@ -228,3 +232,28 @@ def cpu_times(pids: list[int]) -> dict[int, float]:
             continue
         out[pid] = times.user + times.system
     return out
+
+
+def main() -> None:
+    """Re-read a profile directory (after changing CATEGORIES): the hop table again.
+
+    python -m benchmarks.hop_profile DIR SPLIT.json  (SPLIT.json: cpu_split's --out)
+    """
+    import json
+
+    out_dir, split = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
+    rows = []
+    for row in split["hops"]:
+        stacks: Counter[str] = Counter()
+        for path in sorted(out_dir.glob(f"{str(row['hop']).replace(' ', '-')}-*.txt")):
+            stacks.update(read_stacks(path))
+        if stacks:
+            write_svg(stacks, out_dir / f"{row['hop'].replace(' ', '-')}.svg", str(row["hop"]))
+        rows.append({**row, "samples": sum(stacks.values()), "by_category": categories(stacks)})
+    split["hops"] = rows
+    Path(sys.argv[2]).write_text(json.dumps(split, indent=1))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

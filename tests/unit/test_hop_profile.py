@@ -21,7 +21,11 @@ def test_a_stack_is_named_by_the_first_category_it_reaches() -> None:
     loop = "_drive (/w/deployments/model/scheduler/step_loop.py:130)"
     unet = "forward (/v/site-packages/diffusers/models/unets/unet_2d_condition.py:1000)"
     step = "step (/v/site-packages/diffusers/schedulers/scheduling_euler_discrete.py:600)"
-    assert category(f"{loop};{unet}") == "torch: models"
+    vae = "decode (diffusers/models/autoencoders/autoencoder_kl.py:235)"  # relative, as py-spy
+    assert category(f"{loop};{unet}") == "torch: denoiser"
+    assert category(f"{loop};{vae};forward (torch/nn/modules/conv.py:1)") == "torch: VAE decode"
+    assert category("_remote (ray/actor.py:1178)") == "Ray core (Python)"
+    assert category("handle (ray/serve/_private/replica.py:1)") == "Ray Serve"
     assert category(f"{loop};{step}") == "scheduler steps"
     assert category(loop) == "step loop + families"
     assert category("run (/usr/lib/python3.11/asyncio/events.py:80)") == "asyncio"
@@ -36,7 +40,7 @@ def test_collapsed_stacks_are_read_counted_and_drawn(tmp_path: Path) -> None:
     )
     stacks = read_stacks(raw)
     assert sum(stacks.values()) == 40
-    assert categories(stacks) == {"torch: models": 30, "step loop + families": 10}
+    assert categories(stacks) == {"torch: denoiser": 30, "step loop + families": 10}
     svg = tmp_path / "model.svg"
     write_svg(stacks, svg, "model")
     text = svg.read_text()
