@@ -1,4 +1,4 @@
-"""Where the CPU goes while the app serves a closed loop: CPU share per process.
+"""Where the CPU goes while the app serves a closed loop: CPU share per process and per hop.
 
 Starts the app (one replica per deployment, ``benchmarks/server.py``), runs a warm-up
 and then a measured closed loop of the step-mix workload, and reads every process's
@@ -6,7 +6,14 @@ CPU time (psutil) before and after. Also reports the model's UNet calls per seco
 and mean rows per call over the measured window (``/v1/stats``). Used to split a gap
 between served and raw throughput into the model's work and everything beside it.
 
+With ``--profile DIR`` the measured window is also sampled by ``py-spy`` in every
+Python process of the app's own Ray instance (``benchmarks/hop_profile.py``), and the
+report is a table per hop: proxy, ingress, model (torch vs the loop's own Python),
+encoder, Ray core; stacks and SVG flame graphs go to DIR.
+
     python -m benchmarks.cpu_split --threads 2 --concurrency 16
+    python -m benchmarks.cpu_split --concurrency 8 --workload benchmarks/workloads/png-64.json \
+        --generation-scale 1 --profile benchmarks/results/profiles --out FILE.json
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks import hop_profile
 from benchmarks.loadgen import closed_loop
 from benchmarks.server import ROOT, started_server
 from benchmarks.stats import histogram_delta, mean_batch, summarize
@@ -50,11 +58,18 @@ async def measure(url: str, args: argparse.Namespace, workload: Workload) -> dic
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         await closed_loop(client, workload, args.concurrency, args.warmup, 120, 0)
         stats_before = (await client.get("/v1/stats")).json()["models"]
+        processes = hop_profile.app_processes()
+        recorders = {}
+        if args.profile is not None:
+            recorders = hop_profile.start_recording(processes, args.duration, args.profile)
+        hop_before = hop_profile.cpu_times(list(processes))
         cpu_before, started = cpu_seconds(), time.perf_counter()
         samples = await closed_loop(
             client, workload, args.concurrency, args.requests, args.duration, 0
         )
         elapsed, cpu_after = time.perf_counter() - started, cpu_seconds()
+        hop_after = hop_profile.cpu_times(list(processes))
+        hop_profile.wait_recording(recorders)
         stats_after = (await client.get("/v1/stats")).json()["models"]
     model = next(iter(stats_after))
     calls, mean_rows = rows_per_call(stats_before[model], stats_after[model])
@@ -66,8 +81,14 @@ async def measure(url: str, args: argparse.Namespace, workload: Workload) -> dic
         ),
         reverse=True,
     )
+    served = summarize(samples)
+    hop_cpu = {pid: hop_after[pid] - hop_before[pid] for pid in hop_after if pid in hop_before}
+    hops = hop_profile.hop_report(
+        processes, hop_cpu, recorders, elapsed, int(served.get("images", 0)), args.profile
+    )
     return {
-        "served": summarize(samples),
+        "served": served,
+        "hops": hops,
         "unet_calls_per_s": calls / elapsed,
         "mean_rows_per_call": mean_rows,
         "cpu_share_of_one_core": [
@@ -87,10 +108,17 @@ def main() -> None:
         "--workload", type=Path, default=ROOT / "benchmarks/workloads/steps-mix.json"
     )
     parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument(
+        "--generation-scale", type=float, default=None, help="override the model's (1: as asked)"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy each hop; files here")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
     workload = Workload.load(args.workload)
-    with started_server(args.port, torch_threads=args.threads) as url:
+    overrides: dict[str, Any] = {"torch_threads": args.threads}
+    if args.generation_scale is not None:
+        overrides["generation_scale"] = args.generation_scale
+    with started_server(args.port, **overrides) as url:
         result = asyncio.run(measure(url, args, workload))
     served = result["served"]
     print(
@@ -100,6 +128,7 @@ def main() -> None:
     )
     for entry in result["cpu_share_of_one_core"][:8]:
         print(f"  {entry['share'] * 100:6.1f}% of a core  {entry['process']}")
+    print(hop_profile.markdown(result["hops"]))
     if args.out is not None:
         config = {key: str(value) for key, value in vars(args).items()}
         args.out.write_text(json.dumps({"config": config, **result}, indent=1))

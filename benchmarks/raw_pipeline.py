@@ -32,13 +32,19 @@ def guidance_kwargs(family: Any, guidance: float) -> dict[str, Any]:
 
 
 def measure(
-    model: dict[str, Any], body: dict[str, Any], batch_sizes: list[int], min_time_s: float = 3.0
+    model: dict[str, Any],
+    body: dict[str, Any],
+    batch_sizes: list[int],
+    min_time_s: float = 3.0,
+    size: tuple[int, int] | None = None,
 ) -> list[dict[str, float]]:
-    """images/s and per-call latency at each batch size (warm-up call excluded)."""
+    """images/s and per-call latency at each batch size (warm-up call excluded).
+
+    ``size``: the (width, height) to generate at, instead of the body's size bucket."""
     import torch
 
     family, config = _family(model)
-    width, height = config.generation_size(body.get("size", "auto"))
+    width, height = size or config.generation_size(body.get("size", "auto"))
     steps = body.get("num_inference_steps", config.default_steps)
     guidance = body.get("guidance_scale", config.default_guidance)
     extra = guidance_kwargs(family, guidance)

@@ -8,6 +8,10 @@
 Then the target ratios, computed from this one run, go into the report.
 
     python -m benchmarks.run --out benchmarks/results/cpu-tiny
+
+``--compare`` runs the other comparison instead: the raw pipeline, a LitServe server
+and this server on the same weights, interleaved in rounds (``benchmarks/compare.py``;
+its own flags follow ``--compare``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import argparse
 import asyncio
 import gc
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import encoder_bench, raw_pipeline
+from benchmarks import compare, encoder_bench, raw_pipeline
 from benchmarks.loadgen import add_arguments, sweep
 from benchmarks.report import markdown, write_report
 from benchmarks.server import ROOT, model_config, started_server
@@ -56,6 +61,9 @@ def targets(raw: list[dict[str, float]], runs: dict[str, list[dict[str, Any]]]) 
 
 
 def main() -> None:
+    if "--compare" in sys.argv[1:]:
+        compare.main([arg for arg in sys.argv[1:] if arg != "--compare"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16")

@@ -18,6 +18,7 @@ import numpy as np
 from common.errors import invalid
 from common.job import GenerationJob
 from deployments.model.families.base import Row, TickCache
+from deployments.model.families.batched_step import step_rows
 from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
 from deployments.model.families.flow_match import (
     FlowRow,
@@ -139,6 +140,10 @@ class PackedFlowFamily:
 
     def step(self, row: Row, prediction: Any) -> None:
         step_row(cast(FlowRow, row), prediction)
+
+    def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+        """Flow-match Euler rows in one vectorised update, inpaint rows one by one."""
+        return step_rows(rows, predictions, self.step)
 
     def new_cache(self, interval: int) -> TickCache:
         raise ValueError(f"the {self.name} family has no feature cache (check() refuses it)")

@@ -4,7 +4,9 @@ This is the generic half of a tick. The family predicts (one denoiser call over 
 rows, each with its own timestep, conditioning and guidance) and steps each row with
 its own scheduler; this runner wraps the call in the LoRA row context (batch entry
 *i* gets the adapters of the row it belongs to) and isolates a failing row's step
-from its tick mates. Everything here runs on the replica's single pipeline thread.
+from its tick mates. A family with a ``step_batch(rows, predictions)`` (the real
+ones: ``families/batched_step.py``) steps its plain-Euler rows in one vectorised
+update; others step row by row. Everything here runs on the replica's single pipeline thread.
 """
 
 from __future__ import annotations
@@ -40,6 +42,28 @@ class StepRunner:
         self.family.pin_threads()
         return self.family.admit(job, owner)
 
+    def admit_many(
+        self, requests: Sequence[tuple[GenerationJob, Any]]
+    ) -> list[list[Row] | Exception]:
+        """Requests admitted in the same round: each one's rows, or the exception that
+        refused it, in order. A family with ``admit_many`` encodes their prompts in one
+        call; if that call fails, each request is admitted alone so a bad one fails alone.
+        """
+        self.family.pin_threads()
+        many = getattr(self.family, "admit_many", None)
+        if many is not None and len(requests) > 1:
+            try:
+                return list(many(requests))
+            except Exception:  # noqa: BLE001 - retried one request at a time below
+                pass
+        out: list[list[Row] | Exception] = []
+        for job, owner in requests:
+            try:
+                out.append(self.family.admit(job, owner))
+            except Exception as exc:  # noqa: BLE001 - fails only this request
+                out.append(exc)
+        return out
+
     def new_cache(self, interval: int) -> TickCache:
         return self.family.new_cache(interval)
 
@@ -53,6 +77,9 @@ class StepRunner:
         self.family.pin_threads()
         with self._lora_rows(per_entry_adapters(rows)):
             predictions = self.family.predict(rows, cache)
+        step_batch = getattr(self.family, "step_batch", None)
+        if step_batch is not None:  # one vectorised step where the rows' samplers allow it
+            return list(step_batch(rows, predictions))
         errors: list[Exception | None] = []
         for row, prediction in zip(rows, predictions, strict=True):
             try:

@@ -102,6 +102,35 @@ class FluxFamily(PackedFlowFamily):
                 rows.append(self._row(job, owner, index, generator, prompt))
         return rows
 
+    def admit_many(self, requests: Sequence[tuple[GenerationJob, Any]]) -> list[Any]:
+        """Several requests admitted in one round: one ``encode_prompt`` over all their
+        prompts; each request's rows (or its exception) in order."""
+        import torch
+
+        out: list[Any] = []
+        with torch.inference_mode():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(
+                prompt=[job.prompt for job, _ in requests],
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
+            for i, (job, owner) in enumerate(requests):
+                prompt = FluxPrompt(embeds[i : i + 1], pooled[i : i + 1], text_ids)
+                try:
+                    out.append(
+                        [
+                            self._row(
+                                job, owner, index, torch.Generator("cpu").manual_seed(seed), prompt
+                            )
+                            for index, seed in enumerate(job.seeds)
+                        ]
+                    )
+                except Exception as exc:  # noqa: BLE001 - fails only this request
+                    out.append(exc)
+        return out
+
     def _row(
         self, job: GenerationJob, owner: Any, index: int, generator: Any, prompt: FluxPrompt
     ) -> FlowRow:

@@ -21,6 +21,7 @@ from common.families import BUILTIN_DEMO_LORAS
 from common.job import GenerationJob, SchedulerSpec
 from common.model_config import ModelConfig
 from deployments.model.families.base import Row
+from deployments.model.families.batched_step import step_rows
 from deployments.model.families.derived import DerivedPipelines
 from deployments.model.families.latent_start import keep_final_latents
 from deployments.model.families.loading import (
@@ -31,7 +32,13 @@ from deployments.model.families.loading import (
 )
 from deployments.model.families.sdxl.deepcache import DeepCache
 from deployments.model.families.sdxl.previews import latents_to_rgb
-from deployments.model.families.sdxl.rows import SdxlRow, encode_job_prompt, make_rows
+from deployments.model.families.sdxl.rows import (
+    SdxlRow,
+    encode_job_prompt,
+    encode_job_prompts,
+    make_rows,
+    prompt_batch_key,
+)
 from deployments.model.families.sdxl.tiny import TINY_SDXL, ensure_tiny_sdxl
 from deployments.model.lora.parse import LoadedAdapter, parse_adapter, split_prefix
 
@@ -103,6 +110,30 @@ class SdxlFamily:
             rows = make_rows(self.pipelines, scheduler, job, owner, prompt, self.device)
         return list(rows)
 
+    def admit_many(self, requests: Sequence[tuple[GenerationJob, Any]]) -> list[Any]:
+        """Several requests admitted in one round: their prompts encoded in one call per
+        :func:`prompt_batch_key`; each request's rows (or its exception) in order."""
+        import torch
+
+        out: list[Any] = [None] * len(requests)
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, (job, _) in enumerate(requests):
+            groups.setdefault(prompt_batch_key(self.pipe, job), []).append(i)
+        with torch.inference_mode():
+            for members in groups.values():
+                jobs = [requests[i][0] for i in members]
+                prompts = encode_job_prompts(self.pipelines, jobs, self.device)
+                for i, prompt in zip(members, prompts, strict=True):
+                    job, owner = requests[i]
+                    try:
+                        scheduler = self.scheduler_for(job.scheduler)
+                        out[i] = list(
+                            make_rows(self.pipelines, scheduler, job, owner, prompt, self.device)
+                        )
+                    except Exception as exc:  # noqa: BLE001 - fails only this request
+                        out[i] = exc
+        return out
+
     def new_cache(self, interval: int) -> DeepCache:
         return DeepCache(self.pipe.unet, interval)
 
@@ -173,6 +204,10 @@ class SdxlFamily:
                     proper = r.scheduler.add_noise(proper, r.noise, torch.tensor([next_t]))
                 r.latents = (1 - r.mask) * proper + r.mask * r.latents
         r.position += 1
+
+    def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+        """Plain-Euler rows in one vectorised update; other samplers and inpaint row by row."""
+        return step_rows(rows, predictions, self.step)
 
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
         """Latent-resolution previews, each with its own row's noise level."""

@@ -72,43 +72,61 @@ def uses_cfg(pipe: Any, guidance: float) -> bool:
 
 def encode_job_prompt(pipes: DerivedPipelines, job: GenerationJob, device: Any) -> Prompt:
     """``encode_prompt`` plus the add-time ids, as the pipeline's own call computes them."""
+    return encode_job_prompts(pipes, [job], device)[0]
+
+
+def prompt_batch_key(pipe: Any, job: GenerationJob) -> tuple[bool, bool]:
+    """Jobs with equal keys can share one ``encode_prompt`` call (same CFG, and a
+    negative prompt on all of them or on none)."""
+    return uses_cfg(pipe, job.guidance), job.negative_prompt is None
+
+
+def encode_job_prompts(
+    pipes: DerivedPipelines, jobs: list[GenerationJob], device: Any
+) -> list[Prompt]:
+    """One ``encode_prompt`` over the prompts of ``jobs`` (equal :func:`prompt_batch_key`),
+    then each job's own add-time ids and guidance embedding."""
     import torch
 
     pipe = pipes.base
-    cfg = uses_cfg(pipe, job.guidance)
+    cfg, no_negative = prompt_batch_key(pipe, jobs[0])
     embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-        prompt=job.prompt,
+        prompt=[job.prompt for job in jobs],
         device=device,
         num_images_per_prompt=1,
         do_classifier_free_guidance=cfg,
-        negative_prompt=job.negative_prompt,
+        negative_prompt=None if no_negative else [job.negative_prompt or "" for job in jobs],
     )
     if pipe.text_encoder_2 is None:
         projection_dim = int(pooled.shape[-1])
     else:
         projection_dim = pipe.text_encoder_2.config.projection_dim
-    size = (job.gen_height, job.gen_width)
-    if job.mode == "txt2img":
-        time_ids = pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection_dim
-        )
-        neg_time_ids = time_ids
-    else:  # the img2img / inpaint variant (aesthetic scores when the model wants them)
-        derived = pipes.for_mode(job.mode)
-        time_ids, neg_time_ids = derived._get_add_time_ids(
-            size, (0, 0), size, 6.0, 2.5, size, (0, 0), size,
-            dtype=embeds.dtype, text_encoder_projection_dim=projection_dim,
-        )  # fmt: skip
-    prompt = Prompt(embeds, pooled, time_ids.to(device))
-    if cfg:
-        prompt.neg_embeds, prompt.neg_pooled = neg, neg_pooled
-        prompt.neg_time_ids = neg_time_ids.to(device)
-    if pipe.unet.config.time_cond_proj_dim is not None:
-        scale = torch.tensor(job.guidance - 1).repeat(1)
-        prompt.timestep_cond = pipe.get_guidance_scale_embedding(
-            scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
-        ).to(device=device, dtype=embeds.dtype)
-    return prompt
+    prompts = []
+    for i, job in enumerate(jobs):
+        size = (job.gen_height, job.gen_width)
+        dtype = embeds.dtype
+        if job.mode == "txt2img":
+            time_ids = pipe._get_add_time_ids(
+                size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection_dim
+            )
+            neg_time_ids = time_ids
+        else:  # the img2img / inpaint variant (aesthetic scores when the model wants them)
+            derived = pipes.for_mode(job.mode)
+            time_ids, neg_time_ids = derived._get_add_time_ids(
+                size, (0, 0), size, 6.0, 2.5, size, (0, 0), size,
+                dtype=dtype, text_encoder_projection_dim=projection_dim,
+            )  # fmt: skip
+        prompt = Prompt(embeds[i : i + 1], pooled[i : i + 1], time_ids.to(device))
+        if cfg:
+            prompt.neg_embeds, prompt.neg_pooled = neg[i : i + 1], neg_pooled[i : i + 1]
+            prompt.neg_time_ids = neg_time_ids.to(device)
+        if pipe.unet.config.time_cond_proj_dim is not None:
+            scale = torch.tensor(job.guidance - 1).repeat(1)
+            prompt.timestep_cond = pipe.get_guidance_scale_embedding(
+                scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=dtype)
+        prompts.append(prompt)
+    return prompts
 
 
 def step_kwargs(scheduler: Any, generator: Any) -> dict[str, Any]:

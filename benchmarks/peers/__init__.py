@@ -1,0 +1,1 @@
+"""Other servers on the same weights, for side-by-side comparisons (``run --compare``)."""
