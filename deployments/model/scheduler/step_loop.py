@@ -183,10 +183,11 @@ class StepLoop:
         for sub in admitted:
             sub.stop_idle(now)
             self.metrics.queue_wait_ms.observe((now - sub.arrived) * 1000)
-            try:
-                rows = self.runner.admit(sub.job, sub)
-            except Exception as exc:  # noqa: BLE001 - a bad request fails alone
-                self._fail(sub, exc)
+        # One prompt-encoder call for the round where the family can; a bad request fails alone.
+        prepared = self.runner.admit_many([(sub.job, sub) for sub in admitted])
+        for sub, rows in zip(admitted, prepared, strict=True):
+            if isinstance(rows, Exception):
+                self._fail(sub, rows)
                 continue
             self._requests[id(sub)] = Active.admitted(sub, rows)
             self._groups.place(rows, sub.job.deep_cache_interval)
