@@ -14,7 +14,8 @@ conditions run in every round, their order rotating, on the same seeded arrivals
 - ``priority``: the same, ``order: priority``.
 
 The interactive stream is Poisson at ``--interactive-share`` (20%) of the capacity
-measured first (latent pixels x steps per second with the backlog alone).
+measured first: interactive requests per second when a backlog of them alone keeps
+the replica busy.
 
     python -m benchmarks.priority --duration 40 --rounds 2 --out benchmarks/results/priority
 """
@@ -185,12 +186,25 @@ def run_trial(
 def calibrate(
     runner: StepRunner, executor: ThreadPoolExecutor, config: ModelConfig, args: argparse.Namespace
 ) -> float:
-    """Latent pixels x steps per second with the backlog alone (the capacity)."""
-    saved = args.duration
-    args.duration = args.calibrate_s
-    result = run_trial("fcfs", runner, executor, config, [], args)
-    args.duration = saved
-    return float(result["work_px_steps_per_s"])
+    """Interactive requests per second the replica finishes when they alone keep it busy
+    (a backlog of them, nothing else): the capacity the stream's share is taken of."""
+    policy = AdmissionPolicy(config.latent_pixel_budget(), "fcfs", args.max_batch_wait)
+    loop = StepLoop(runner, executor, policy, BatchStats(), ModelMetrics(config.id))
+    trial = Trial(loop)
+    start = time.perf_counter()
+    index = 0
+    while time.perf_counter() - start < args.calibrate_s:
+        if loop.snapshot()["waiting_requests"] < 4:
+            trial.send(interactive_job(args, index), "interactive")
+            index += 1
+        else:
+            time.sleep(0.01)
+    end = time.perf_counter()
+    done = sum(1 for r in trial.sent if r.done is not None and r.done <= end and not r.failed)
+    trial.cancel_all()
+    while loop.snapshot()["active_rows"] or loop.snapshot()["waiting_requests"]:
+        time.sleep(0.05)
+    return done / (end - start)
 
 
 def main() -> None:
@@ -225,10 +239,9 @@ def main() -> None:
     runner = StepRunner(family)
     capacity = calibrate(runner, executor, config, args)
     if capacity <= 0:
-        raise SystemExit("no background job finished during calibration: raise --calibrate-s")
-    cost = latent_pixels(args.interactive_size, args.interactive_size) * args.interactive_steps
-    rate = args.interactive_share * capacity / cost
-    print(f"capacity {capacity:.0f} px-steps/s; interactive rate {rate:.2f}/s", flush=True)
+        raise SystemExit("no request finished during calibration: raise --calibrate-s")
+    rate = args.interactive_share * capacity
+    print(f"capacity {capacity:.2f} interactive/s; stream {rate:.2f}/s", flush=True)
     rounds: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         schedule = arrivals(rate, args.duration, args.seed + round_)
@@ -242,7 +255,7 @@ def main() -> None:
         "command": "python -m benchmarks.priority " + " ".join(sys.argv[1:]),
         "machine": platform.platform(),
         "load_average_at_end": list(__import__("os").getloadavg()),
-        "capacity_px_steps_per_s": capacity,
+        "capacity_interactive_per_s": capacity,
         "interactive_rate_per_s": rate,
         "args": vars(args),
         "rounds": rounds,

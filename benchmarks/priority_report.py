@@ -89,8 +89,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']}; load average at the end "
         f"{[round(x, 1) for x in report['load_average_at_end']]}.",
-        f"Capacity (backlog alone): {report['capacity_px_steps_per_s']:.0f} latent px x "
-        f"steps per second; interactive arrivals {report['interactive_rate_per_s']:.2f}/s.",
+        f"Capacity: {report['capacity_interactive_per_s']:.2f} interactive requests/s "
+        f"(a backlog of them alone); the stream: {report['interactive_rate_per_s']:.2f}/s.",
         "",
         "Medians over rounds:",
         "",
