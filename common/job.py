@@ -1,7 +1,8 @@
 """The canonical request every dialect translates into, and what crosses the handles.
 
-Only these plain dataclasses (and numpy arrays) travel between the ingress, the
-model deployment and the encoder: no Starlette requests, no PIL objects.
+Only these plain dataclasses (and uint8 numpy arrays) travel between the ingress, the
+model deployment and the encoder: no Starlette requests, no PIL objects. Pixels go
+from the model to the encoder only; the ingress gets ``EncodedImage``s back.
 """
 
 from __future__ import annotations
@@ -218,8 +219,10 @@ class EncodedImage:
 class ImageEvent:
     """One item of a generation stream: previews at a step, or the finished images.
 
-    ``pixels`` is a ``(n, H, W, C)`` uint8 array (``None`` for errors). Partial pixels
-    are at latent resolution; the encoder resizes them like finals.
+    Inside the model replica ``pixels`` is a ``(n, H, W, C)`` uint8 array (``None`` for
+    errors and progress); partial pixels are at latent resolution. What crosses the
+    handle to the ingress carries ``images`` instead, encoded by the encoder
+    deployment, and ``pixels`` is ``None``: arrays never travel through the ingress.
     """
 
     kind: Literal["partial", "final", "error", "progress"]
@@ -233,6 +236,8 @@ class ImageEvent:
     # For kind "final" in step mode: how long the request's rows were paused for
     # interactive work (preemption, docs/scheduler.md#priority).
     paused_ms: float = 0.0
+    # For "partial" and "final" as they reach the ingress: the encoded images.
+    images: tuple[EncodedImage, ...] = ()
 
 
 @dataclass

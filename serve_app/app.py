@@ -76,6 +76,11 @@ def build_app_with_engine(
     config = ImageServingArgs.model_validate(args)
     check_store_fits_cluster(config.storage, alive_nodes())
     signing_key = url_signing_key()
+    encoder = (
+        serve.deployment(Encoder)
+        .options(name="Encoder", **config.encoder.deployment.to_serve_options())
+        .bind(config.storage.model_dump(mode="json"), signing_key)
+    )
     models = {}
     for model in config.models:
         deployment = serve.deployment(ModelServer).options(
@@ -88,12 +93,11 @@ def build_app_with_engine(
                 max_ongoing_requests=4 * model.batching.max_batch_size,
             ),
         )
-        models[model.id] = deployment.bind(model.model_dump(mode="json"), engine_factory)
-    encoder = (
-        serve.deployment(Encoder)
-        .options(name="Encoder", **config.encoder.deployment.to_serve_options())
-        .bind(config.storage.model_dump(mode="json"), signing_key)
-    )
+        # The model replicas send their pixels to the encoder themselves (never through
+        # the ingress) and answer with encoded images only.
+        models[model.id] = deployment.bind(
+            model.model_dump(mode="json"), engine_factory, encoder=encoder
+        )
     ingress_cls = serve.ingress()(IngressDeployment)
     return (
         serve.deployment(ingress_cls)

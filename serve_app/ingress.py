@@ -1,11 +1,12 @@
 """The ingress: shared state and the one generate-then-encode path, plain or streamed.
 
-This is the only caller of the model and encoder handles. Routes
-(``serve_app/routes/``, one module per API surface) call
-:meth:`Ingress.generate_images`, which hands the model's response object straight
-to the encoder, so pixels never travel back through here, or
-:meth:`Ingress.stream_images` for ``stream=true``. Both check the canonical job
-against the model first (``common.limits.check_job``), whatever route built it.
+This is the only caller of the model handles. Routes (``serve_app/routes/``, one
+module per API surface) call :meth:`Ingress.generate_images` or, for ``stream=true``,
+:meth:`Ingress.stream_images`. Both send the job and its ``EncodeSpec`` to the model
+deployment, whose replica hands its pixels to the encoder deployment itself: what
+comes back here is ``EncodedImage``s only (base64 bytes, URLs or store keys), never
+arrays. Both check the canonical job against the model first
+(``common.limits.check_job``), whatever route built it.
 The Serve deployment class that adds the HTTP app is ``serve_app.app.IngressDeployment``.
 
 An async job (``serve_app/jobs``) runs the same route code with :data:`PROGRESS` set:
@@ -46,9 +47,10 @@ REPLICA_COUNT_TTL_S = 1.0
 # (step, total_steps) after each denoising step; set by the job runner for its task only.
 ProgressSink = Callable[[int, int], None]
 PROGRESS: ContextVar[ProgressSink | None] = ContextVar("imagegen_job_progress", default=None)
-# With a progress sink, also latent-size previews of the images as they stand ((n, h, w, 3)
-# uint8): A1111's /progress shows them as current_image. At most this many per request.
-PreviewSink = Callable[[Any], None]
+# With a progress sink, also previews of the images as they stand, encoded like streamed
+# previews (the job's format, fastest settings): A1111's /progress shows the first as
+# current_image. At most this many per request.
+PreviewSink = Callable[[list[EncodedImage]], None]
 PREVIEWS: ContextVar[PreviewSink | None] = ContextVar("imagegen_job_previews", default=None)
 MAX_OBSERVED_PREVIEWS = 10
 
@@ -69,6 +71,7 @@ class Ingress:
         self.configs: dict[str, ModelConfig] = {m.id: m for m in self.args.models}
         self.default_model = self.args.resolve_default()
         self.models = models
+        # Asked only whether it is ready (/health): the model replicas call it themselves.
         self.encoder = encoder
         # The same store the encoder writes to (local folder or S3), from the same factory.
         self.store = make_store(self.args.storage, signing_key)
@@ -109,15 +112,14 @@ class Ingress:
     async def generate_images(
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec
     ) -> list[EncodedImage]:
-        """Generate on the model deployment, encode on the encoder, within the deadline."""
+        """Generate and encode on the model deployment (its replica calls the encoder),
+        within the deadline."""
         limits.check_job(model, job, spec)
         try:
             sink = PROGRESS.get()
             if sink is not None:
                 return await self._generate_observed(model, job, spec, sink)
-            pixels = self.models[model.id].generate.remote(job)
-            encoded = self.encoder.encode.remote(pixels, spec)
-            work = self.within_deadline(pixels, encoded)
+            work = self.within_deadline(self.models[model.id].generate.remote(job, spec))
             if model.deployment.scales_to_zero() and await self._is_cold(model):
                 return await guard_cold_start(model, work, self._running_now)
             return await work
@@ -131,31 +133,30 @@ class Ingress:
     async def _generate_observed(
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, sink: ProgressSink
     ) -> list[EncodedImage]:
-        """The streamed model call with progress events only; the finals go to the encoder.
-        Cancelling the caller (a job's ``DELETE``) cancels the stream: its rows leave the
-        batch at the next step."""
+        """The streamed model call with progress events on; its final images come back
+        encoded. Cancelling the caller (a job's ``DELETE``) cancels the stream: its rows
+        leave the batch at the next step."""
         previews = PREVIEWS.get()
         wanted = min(job.steps - 1, MAX_OBSERVED_PREVIEWS) if previews is not None else 0
         observed = dataclasses.replace(job, report_progress=True, partial_images=max(wanted, 0))
-        stream = self.models[model.id].options(stream=True).generate_stream.remote(observed)
-        pixels = None
+        stream = self.models[model.id].options(stream=True).generate_stream.remote(observed, spec)
+        images: list[EncodedImage] | None = None
         try:
             async with asyncio.timeout(self.args.ingress.request_timeout_s):
                 async for event in stream:
                     if event.kind == "progress":
                         sink(event.step, event.total_steps)
                     elif event.kind == "partial" and previews is not None:
-                        previews(event.pixels)
+                        previews(list(event.images))
                     elif event.kind == "final":
-                        pixels = event.pixels
+                        images = list(event.images)
                         break
         finally:
-            if pixels is None:
+            if images is None:
                 stream.cancel()
-        if pixels is None:
+        if images is None:
             raise RuntimeError(f"request {job.request_id} ended without images")
-        async with asyncio.timeout(self.args.ingress.request_timeout_s):
-            return await self.encoder.encode.remote(pixels, spec)
+        return images
 
     async def stream_images(
         self, model: ModelConfig, job: GenerationJob, spec: EncodeSpec, fmt: StreamFormat
@@ -165,7 +166,7 @@ class Ingress:
         4xx, and a full model queue the same 429 (or cold-start 503) with
         ``Retry-After`` as for a plain request, never a 200 with an in-band error."""
         limits.check_job(model, job, spec)
-        stream = self.models[model.id].options(stream=True).generate_stream.remote(job)
+        stream = self.models[model.id].options(stream=True).generate_stream.remote(job, spec)
         try:
             async with asyncio.timeout(self.args.ingress.request_timeout_s):
                 await admitted(stream)
@@ -174,24 +175,22 @@ class Ingress:
             if is_backpressure(exc) and await self._is_cold(model):
                 raise model_starting(model.id, model.cold_start_retry_after_s) from None
             raise
-        return self._stream_frames(stream, job, spec, fmt)
+        return self._stream_frames(stream, job, fmt)
 
     async def _stream_frames(
         self,
         stream: DeploymentResponseGenerator,
         job: GenerationJob,
-        spec: EncodeSpec,
         fmt: StreamFormat,
     ) -> AsyncIterator[str]:
-        """Previews and finals through the encoder, within the request deadline. If the
-        client goes away, the model request is cancelled (its rows leave the batch)."""
+        """Previews and finals, encoded on the model's side, as SSE frames within the
+        request deadline. If the client goes away, the model request is cancelled (its
+        rows leave the batch)."""
         finished = False
         try:
             async with asyncio.timeout(self.args.ingress.request_timeout_s):
                 async for event in stream:
-                    preview = event.kind == "partial"
-                    images = await self.encoder.encode.remote(event.pixels, spec, preview)
-                    for frame in fmt.frames(event, images):
+                    for frame in fmt.frames(event, list(event.images)):
                         yield frame
             finished = True
         except asyncio.CancelledError:

@@ -26,6 +26,7 @@ inference ~3x slower here), and the replica's event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -37,10 +38,11 @@ import numpy as np
 from ray import serve
 
 from common.errors import invalid
-from common.job import BatchStats, GenerationJob, ImageEvent
+from common.job import BatchStats, EncodedImage, EncodeSpec, GenerationJob, ImageEvent
 from common.model_config import BatchingConfig, ModelConfig
 from common.request_context import install_log_context
 from deployments.metrics import ModelMetrics
+from deployments.model.encoding import EncoderLink
 from deployments.model.families.base import Family
 from deployments.model.families.registry import FamilyFactory, load_family
 from deployments.model.hires import two_passes
@@ -61,16 +63,22 @@ WARMUP_STEPS = 2
 
 class ModelServer:
     """Serves one model. Inject a fake ``family_factory`` (step mode) or
-    ``engine_factory`` (request mode) in tests."""
+    ``engine_factory`` (request mode) in tests.
+
+    ``encoder`` is the encoder deployment's handle: the replica sends its uint8 rows
+    there itself and answers its callers with the encoded images only, so pixels go
+    model -> encoder and never through the ingress."""
 
     def __init__(
         self,
         config: ModelConfig | dict[str, Any],
         engine_factory: EngineFactory | None = None,
         family_factory: FamilyFactory | None = None,
+        encoder: Any | None = None,
     ) -> None:
         install_log_context()
         self.config = ModelConfig.model_validate(config)
+        self._link = EncoderLink(encoder)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         # LoRA adapters load here, so the pipeline keeps running the rows that do not
         # need them; a request is admitted once its adapters are on the device.
@@ -159,31 +167,39 @@ class ModelServer:
 
     # -- public methods (called through handles) ---------------------------------
 
-    async def generate(self, job: GenerationJob) -> np.ndarray:
-        """Generate ``job.n`` images; returns a ``(n, H, W, 3)`` uint8 array."""
-        async for event in self._submit(Submission(job, stream=False)):
-            if event.kind == "final":
-                return event.pixels
-        raise RuntimeError(f"request {job.request_id} ended without images")
+    async def generate(self, job: GenerationJob, spec: EncodeSpec) -> list[EncodedImage]:
+        """Generate ``job.n`` images and encode them on the encoder deployment as
+        ``spec`` says: only their bytes, URLs or store keys come back."""
+        pixels = await self.generate_pixels(job)
+        return self._link.answered(await self._link.encode(pixels, spec))
 
-    async def generate_stream(self, job: GenerationJob) -> AsyncIterator[ImageEvent]:
-        """Stream ``job.partial_images`` previews, then the finished images.
-
-        The pixels travel inline in each event, so on this path they pass through the
-        ingress on their way to the encoder. Yielding ``ray.put`` references instead
-        would avoid that copy, but references nested in a streamed item can lose their
-        reference count in transit (ray-project/ray#58080, fix pending in #58082): we
-        saw an intermittent failure in CI that way. Previews are latent-sized; only
-        the finals cost a copy.
+    async def generate_stream(
+        self, job: GenerationJob, spec: EncodeSpec
+    ) -> AsyncIterator[ImageEvent]:
+        """Stream ``job.partial_images`` previews, then the finished images, each
+        encoded on the encoder deployment (previews with its fastest settings), and
+        ``progress`` events when ``job.report_progress`` is set. The events carry
+        ``EncodedImage``s, never arrays or object references (references nested in a
+        streamed item can lose their reference count in Ray 2.60, ray-project/ray#58080).
         """
-        async for event in self._submit(Submission(job, stream=True)):
+        async for event in self._link.events(self._submit(Submission(job, stream=True)), spec):
             yield event
+
+    async def generate_pixels(self, job: GenerationJob) -> np.ndarray:
+        """In process (tests, benchmarks): the ``(n, H, W, 3)`` uint8 images themselves.
+        Handle callers use :meth:`generate`, which encodes them first."""
+        async with contextlib.aclosing(self._submit(Submission(job, stream=False))) as events:
+            async for event in events:
+                if event.kind == "final":
+                    return event.pixels
+        raise RuntimeError(f"request {job.request_id} ended without images")
 
     def stats(self) -> dict[str, Any]:
         """Batch counters of this replica (batch sizes count images), and how many
         requests wait right now (request mode: at the admission gate for the running
         batch; step mode: for admission at the next step boundary), and the LoRA
-        adapters loaded on this replica.
+        adapters loaded on this replica, and the bytes that crossed its handles
+        (``pixel_bytes_to_encoder``, ``bytes_to_callers``).
 
         In step mode a "batch" is one admission round (the requests admitted at one
         step boundary) and ``pipeline_calls`` counts UNet calls.
@@ -196,12 +212,13 @@ class ModelServer:
             }
         }
         if self._steps is not None:
-            return {**self._steps.snapshot(), "mode": self.mode, **loras}
+            return {**self._steps.snapshot(), "mode": self.mode, **loras, **self._link.counters}
         return {
             **asdict(self._stats),
             "mode": self.mode,
             "waiting_requests": self._waiting,
             **loras,
+            **self._link.counters,
         }
 
     def ready(self) -> bool:

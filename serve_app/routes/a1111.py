@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 
 from common.errors import APIError
 from common.families import FLOW_MATCHING
+from common.job import EncodedImage
 from common.model_config import ModelConfig
 from common.paths import A1111_API
 from serve_app.asgi.a1111_auth import BasicAuth, ClientOptions, client_key, load_credentials
@@ -30,7 +31,7 @@ from serve_app.dialects.samplers import sampler_items, scheduler_items
 from serve_app.ingress import PREVIEWS, PROGRESS
 from serve_app.protocol.a1111 import Txt2ImgRequest
 from serve_app.routes.a1111_discovery import discovery_routes
-from serve_app.routes.a1111_jobs import Board, control_routes, png_b64
+from serve_app.routes.a1111_jobs import Board, control_routes
 from serve_app.routes.answer import answer, context, translate_for
 
 if TYPE_CHECKING:
@@ -119,8 +120,8 @@ def routes(ingress: Ingress) -> list[BaseRoute]:
             if outer is not None:
                 outer(step, total)
 
-        def preview(pixels: Any) -> None:
-            board.tell("preview", rid, png_b64(pixels[0]))
+        def preview(images: list[EncodedImage]) -> None:
+            board.tell("preview", rid, images[0].b64_json)
 
         token, shown = PROGRESS.set(report), PREVIEWS.set(preview)
         try:

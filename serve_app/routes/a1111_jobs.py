@@ -126,19 +126,6 @@ class JobBoard:
         }
 
 
-def png_b64(pixels: Any) -> str:
-    """One ``(h, w, 3)`` uint8 image as base64 PNG, as A1111 sends ``current_image``."""
-    import base64
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
 class Board:
     """An awaitable front for the board: the named actor inside Serve, else local."""
 

@@ -55,13 +55,15 @@ def test_current_image_is_the_running_jobs_latest_preview() -> None:
     import numpy as np
     from PIL import Image
 
-    from serve_app.routes.a1111_jobs import JobBoard, png_b64
+    from serve_app.routes.a1111_jobs import JobBoard
 
     board = JobBoard()
     board.start("a", "r", 1, 10)
     assert board.status("a")["current_image"] is None  # no step yet
     board.progress("r", 2, 10)
-    board.preview("r", png_b64(np.full((8, 8, 3), 200, np.uint8)))
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(png, format="PNG")
+    board.preview("r", base64.b64encode(png.getvalue()).decode())  # as the encoder sends it
     shown = board.status("a")["current_image"]
     image = Image.open(io.BytesIO(base64.b64decode(shown)))
     assert image.size == (8, 8) and image.getpixel((0, 0)) == (200, 200, 200)

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from common.job import EncodedImage, GenerationJob
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle, resolved
+from tests.support.fakes import FakeHandle, resolved, wired
 
 GENERATIONS = "/v1/images/generations"
 
@@ -45,7 +45,7 @@ class App:
             name: FakeHandle(generate=self._generate(name), ready=_ok) for name in args_ids(args)
         }
         encoder = FakeHandle(encode=_encode, ready=_ok)
-        ingress = Ingress(args, handles, encoder, "k" * 32)  # type: ignore[arg-type]
+        ingress = Ingress(args, wired(handles, encoder), encoder, "k" * 32)  # type: ignore[arg-type]
         self.client = TestClient(asgi_app(ingress))
 
     def _generate(self, name: str):

@@ -17,7 +17,7 @@ from common.job import EncodedImage, EncodeSpec, GenerationJob
 from deployments.encoder.codec import paste_outside_mask
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle, resolved
+from tests.support.fakes import FakeHandle, resolved, wired
 
 EDITS, VARIATIONS = "/v1/images/edits", "/v1/images/variations"
 UPLOAD_LIMIT = 256 * 1024
@@ -55,7 +55,7 @@ class App:
         }
         model = FakeHandle(generate=self._generate, ready=_ok)
         encoder = FakeHandle(encode=self._encode, ready=_ok)
-        ingress = Ingress(args, {"tiny": model}, encoder, "k" * 32)  # type: ignore[arg-type]
+        ingress = Ingress(args, wired({"tiny": model}, encoder), encoder, "k" * 32)  # type: ignore[arg-type]
         self.client = TestClient(asgi_app(ingress))
 
     async def _generate(self, job: GenerationJob) -> np.ndarray:

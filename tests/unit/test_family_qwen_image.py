@@ -288,16 +288,18 @@ async def test_through_the_model_server_a_request_joining_mid_flight_equals_it_a
     config = qwen_config(warmup=False, loras={"dirs": [str(tmp_path)]})
     server = ModelServer(config.model_dump(), family_factory=lambda _: family)
     adapted = job("j", 21, 22, negative_prompt="fog", loras=(LoraRef(family.demo_loras[1]),))
-    alone = await server.generate(adapted)
-    long = asyncio.create_task(server.generate(job("long", 5, steps=30, prompt=PROMPTS[1])))
+    alone = await server.generate_pixels(adapted)
+    long = asyncio.create_task(
+        server.generate_pixels(job("long", 5, steps=30, prompt=PROMPTS[1]))
+    )
     await wait_for(lambda: server.stats()["unet_calls"] >= 3)
-    joined = await server.generate(adapted)
+    joined = await server.generate_pixels(adapted)
     assert not long.done()  # it joined a running batch and finished first
     await long
     assert any(rows > 1 for rows in server.stats()["rows_per_call_histogram"])
     assert joined.shape == (2, SIZE, SIZE, 3) and max_diff(joined, alone) <= MAX_TOLERANCE
     with pytest.raises(APIError) as err:
-        await server.generate(job("dpm", 1, scheduler=SchedulerSpec("DDIMScheduler")))
+        await server.generate_pixels(job("dpm", 1, scheduler=SchedulerSpec("DDIMScheduler")))
     assert err.value.param == "sampler_name"
 
 

@@ -17,7 +17,7 @@ from deployments.encoder.server import Encoder
 from serve_app.asgi.endpoints import OWNER_SCOPE_KEY
 from serve_app.ingress import Ingress
 from serve_app.routes import asgi_app
-from tests.support.fakes import FakeHandle, ok
+from tests.support.fakes import FakeHandle, ok, wired
 
 KEY = "k" * 32
 
@@ -30,12 +30,12 @@ def make_ingress(tmp_path: Path) -> Ingress:
     storage = {"local_dir": str(tmp_path)}
     encoder = Encoder(storage, KEY)
 
-    async def encode(response: Any, spec: Any) -> Any:
-        return encoder.encode(await response, spec)
+    async def encode(pixels: Any, spec: Any, preview: bool = False) -> Any:
+        return encoder.encode(pixels, spec, preview)
 
     args = {"models": [{"id": "tiny", "source": "builtin:tiny-sdxl"}], "storage": storage}
-    model = FakeHandle(generate=pixels, ready=ok)
-    return Ingress(args, {"tiny": model}, FakeHandle(encode=encode, ready=ok), KEY)  # type: ignore[arg-type]
+    model, encoding = FakeHandle(generate=pixels, ready=ok), FakeHandle(encode=encode, ready=ok)
+    return Ingress(args, wired({"tiny": model}, encoding), encoding, KEY)  # type: ignore[arg-type]
 
 
 class OwnerFromHeader:

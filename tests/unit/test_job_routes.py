@@ -28,11 +28,14 @@ HOOK_HOST = "127.0.0.2"
 
 
 class FakeStream:
-    """``options(stream=True).generate_stream.remote(job)``: progress, then the final."""
+    """``options(stream=True).generate_stream.remote(job, spec)``: progress, then the
+    final, its images encoded (as the model replica does) by ``encode``."""
 
-    def __init__(self, job: Any, step_s: float) -> None:
+    def __init__(self, job: Any, step_s: float, spec: Any = None, encode: Any = None) -> None:
         self.job = job
         self.step_s = step_s
+        self.spec = spec
+        self.encode = encode
         self.cancelled = False
 
     def __aiter__(self) -> Any:
@@ -44,7 +47,11 @@ class FakeStream:
             if self.cancelled:
                 raise asyncio.CancelledError
             yield ImageEvent("progress", None, step=step, total_steps=self.job.steps)
-        yield ImageEvent("final", np.full((self.job.n, 8, 8, 3), 7, np.uint8))
+        yield await self.final()
+
+    async def final(self) -> ImageEvent:
+        images = await self.encode(np.full((self.job.n, 8, 8, 3), 7, np.uint8), self.spec)
+        return ImageEvent("final", None, images=tuple(images))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -55,6 +62,7 @@ class StreamingModel:
         self.step_s = step_s
         self.jobs: list[Any] = []
         self.streams: list[FakeStream] = []
+        self.encode: Any = None  # set by make_ingress
         self.ready = FakeHandle(ready=ok).ready  # type: ignore[attr-defined]
 
     def options(self, stream: bool) -> StreamingModel:
@@ -65,9 +73,9 @@ class StreamingModel:
     def generate_stream(self) -> StreamingModel:
         return self
 
-    def remote(self, job: Any) -> FakeStream:
+    def remote(self, job: Any, spec: Any) -> FakeStream:
         self.jobs.append(job)
-        stream = FakeStream(job, self.step_s)
+        stream = FakeStream(job, self.step_s, spec, self.encode)
         self.streams.append(stream)
         return stream
 
@@ -91,6 +99,7 @@ def make_ingress(tmp_path: Path, model: StreamingModel, **jobs: Any) -> Ingress:
         },
     }
     (tmp_path / "secret").write_text(SECRET)
+    model.encode = encode
     return Ingress(args, {"tiny": model}, FakeHandle(encode=encode, ready=ok), KEY)  # type: ignore[arg-type]
 
 

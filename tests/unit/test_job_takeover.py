@@ -135,8 +135,8 @@ def test_a_replica_that_lost_its_lease_stops_and_writes_nothing(tmp_path: Path) 
 class HangsOnce(StreamingModel):
     """The first call never answers (its replica went with its node); later ones do."""
 
-    def remote(self, job: Any) -> Any:
-        stream = super().remote(job)
+    def remote(self, job: Any, spec: Any) -> Any:
+        stream = super().remote(job, spec)
         if len(self.streams) == 1:
             stream.step_s = 3600
         return stream

@@ -103,9 +103,9 @@ def job(rid: str, seed: int, *loras: str) -> GenerationJob:
 async def test_rows_without_the_loading_adapter_keep_running() -> None:
     server = make_server()
     bank: SlowBank = server._engine.loras  # type: ignore[attr-defined]
-    waiting = asyncio.create_task(server.generate(job("a", 1, "style")))
+    waiting = asyncio.create_task(server.generate_pixels(job("a", 1, "style")))
     await asyncio.to_thread(bank.loading.wait, 5)
-    plain = await asyncio.wait_for(server.generate(job("b", 2)), 5)  # not blocked by the load
+    plain = await asyncio.wait_for(server.generate_pixels(job("b", 2)), 5)  # not blocked by loading
     assert seeds_of(plain) == [2] and not waiting.done()
     bank.release.set()
     assert seeds_of(await asyncio.wait_for(waiting, 5)) == [1]
@@ -118,14 +118,14 @@ async def test_a_bad_adapter_fails_its_request_only() -> None:
     bank: SlowBank = server._engine.loras  # type: ignore[attr-defined]
     bank.release.set()
     with pytest.raises(APIError) as caught:
-        await server.generate(job("a", 1, "style", "broken"))
+        await server.generate_pixels(job("a", 1, "style", "broken"))
     assert (caught.value.param, caught.value.code) == ("loras[1]", "invalid_lora")
     assert bank.pins == {"style": 0, "broken": 0}
-    assert seeds_of(await server.generate(job("b", 2, "style"))) == [2]
+    assert seeds_of(await server.generate_pixels(job("b", 2, "style"))) == [2]
 
 
 async def test_too_many_adapters_are_refused_by_the_replica_too() -> None:
     server = make_server(loras={"max_per_request": 2})
     with pytest.raises(APIError) as caught:
-        await server.generate(job("a", 1, "x", "y", "z"))
+        await server.generate_pixels(job("a", 1, "x", "y", "z"))
     assert caught.value.code == "too_many_loras"

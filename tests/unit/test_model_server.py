@@ -120,7 +120,7 @@ def seeds_of(stack: np.ndarray) -> list[int]:
 
 async def test_lone_request_runs_at_once() -> None:
     server = make_server()
-    out = await asyncio.wait_for(server.generate(job("a", 1, 2)), 5)
+    out = await asyncio.wait_for(server.generate_pixels(job("a", 1, 2)), 5)
     assert seeds_of(out) == [1, 2]
     assert server.stats()["batch_size_histogram"] == {2: 1}
 
@@ -129,10 +129,11 @@ async def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
     server = make_server()
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
     rest = [
-        asyncio.create_task(server.generate(job(f"r{i}", 10 * i, 10 * i + 1))) for i in range(1, 8)
+        asyncio.create_task(server.generate_pixels(job(f"r{i}", 10 * i, 10 * i + 1)))
+        for i in range(1, 8)
     ]
     await asyncio.sleep(0.05)
     assert server.stats()["waiting_requests"] == 7  # held at the gate
@@ -151,9 +152,9 @@ async def test_batches_never_exceed_max_batch_size_in_images() -> None:
     server = make_server(max_images_per_request=2, batching={"max_batch_size": 4})
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
-    rest = [asyncio.create_task(server.generate(job(f"r{i}", i, i + 100))) for i in range(5)]
+    rest = [asyncio.create_task(server.generate_pixels(job(f"r{i}", i, i + 100))) for i in range(5)]
     await asyncio.sleep(0.05)
     release.set()
     await asyncio.wait_for(asyncio.gather(first, *rest), 10)
@@ -165,10 +166,10 @@ async def test_different_shapes_in_one_batch_make_separate_calls() -> None:
     server = make_server()
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
-    small = asyncio.create_task(server.generate(job("s", 2, size=16)))
-    large = asyncio.create_task(server.generate(job("l", 3, size=32)))
+    small = asyncio.create_task(server.generate_pixels(job("s", 2, size=16)))
+    large = asyncio.create_task(server.generate_pixels(job("l", 3, size=32)))
     await asyncio.sleep(0.05)
     release.set()
     _, out_small, out_large = await asyncio.wait_for(asyncio.gather(first, small, large), 10)
@@ -179,12 +180,12 @@ async def test_different_shapes_in_one_batch_make_separate_calls() -> None:
 
 async def test_cancelled_request_never_wedges_the_gate() -> None:
     server = make_server()
-    doomed = asyncio.create_task(server.generate(job("doomed", 1)))
+    doomed = asyncio.create_task(server.generate_pixels(job("doomed", 1)))
     await asyncio.sleep(0)  # it closes the gate and enters the batch queue
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
-    out = await asyncio.wait_for(server.generate(job("next", 5)), 5)
+    out = await asyncio.wait_for(server.generate_pixels(job("next", 5)), 5)
     assert seeds_of(out) == [5]
 
 
@@ -192,8 +193,8 @@ async def test_engine_error_reaches_the_caller_and_the_server_recovers() -> None
     server = make_server()
     engine(server).fail_next = True
     with pytest.raises(RuntimeError, match="exploded"):
-        await asyncio.wait_for(server.generate(job("a", 1)), 5)
-    out = await asyncio.wait_for(server.generate(job("b", 2)), 5)
+        await asyncio.wait_for(server.generate_pixels(job("a", 1)), 5)
+    out = await asyncio.wait_for(server.generate_pixels(job("b", 2)), 5)
     assert seeds_of(out) == [2]
 
 
@@ -236,10 +237,10 @@ async def test_streamed_and_plain_requests_share_a_batch() -> None:
     server = make_server()
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
     streamed = asyncio.create_task(collect(server, job("s", 2, partials=2)))
-    plain = asyncio.create_task(server.generate(job("p", 3)))
+    plain = asyncio.create_task(server.generate_pixels(job("p", 3)))
     await asyncio.sleep(0.05)
     release.set()
     _, events, out = await asyncio.wait_for(asyncio.gather(first, streamed, plain), 10)
@@ -255,11 +256,11 @@ async def test_a_stream_nobody_reads_does_not_stall_its_batch() -> None:
     server = make_server()
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
     slow = server._submit(Submission(job("s", 2, partials=3), stream=True))
     slow_first = asyncio.create_task(anext(slow))  # enters the queue, then is not read
-    plain = asyncio.create_task(server.generate(job("p", 3)))
+    plain = asyncio.create_task(server.generate_pixels(job("p", 3)))
     await asyncio.sleep(0.05)
     release.set()
     out = await asyncio.wait_for(plain, 10)  # finishes while the stream sits unread
@@ -278,10 +279,10 @@ async def test_cancelled_request_leaves_the_running_call() -> None:
     server = make_server()
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
-    doomed = asyncio.create_task(server.generate(job("d", 5, 6)))
-    kept = asyncio.create_task(server.generate(job("k", 7)))
+    doomed = asyncio.create_task(server.generate_pixels(job("d", 5, 6)))
+    kept = asyncio.create_task(server.generate_pixels(job("k", 7)))
     await asyncio.sleep(0.05)
     resume = fake.pause(1)
     release.set()
@@ -314,11 +315,11 @@ async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> No
     )
     fake = engine(server)
     release = fake.pause(0)
-    first = asyncio.create_task(server.generate(job("a", 1)))
+    first = asyncio.create_task(server.generate_pixels(job("a", 1)))
     await wait_entered(fake)
-    good = asyncio.create_task(server.generate(job("g", 2, 3)))
-    bad = asyncio.create_task(server.generate(job("b", 13)))
-    also_good = asyncio.create_task(server.generate(job("h", 4)))
+    good = asyncio.create_task(server.generate_pixels(job("g", 2, 3)))
+    bad = asyncio.create_task(server.generate_pixels(job("b", 13)))
+    also_good = asyncio.create_task(server.generate_pixels(job("h", 4)))
     await asyncio.sleep(0.05)
     release.set()
     results = await asyncio.wait_for(
@@ -349,9 +350,9 @@ async def test_non_finite_image_fails_its_request_with_a_clear_error() -> None:
         engine_factory=NaNEngine,
     )
     with pytest.raises(APIError) as info:
-        await asyncio.wait_for(server.generate(job("n", 98, 99)), 5)
+        await asyncio.wait_for(server.generate_pixels(job("n", 98, 99)), 5)
     assert info.value.code == "invalid_output" and info.value.status == 500
-    assert seeds_of(await asyncio.wait_for(server.generate(job("ok", 5)), 5)) == [5]
+    assert seeds_of(await asyncio.wait_for(server.generate_pixels(job("ok", 5)), 5)) == [5]
 
 
 async def test_a_job_asking_for_progress_gets_every_step_and_no_previews() -> None:

@@ -160,10 +160,10 @@ async def wait_for(predicate: Any, timeout: float = 60) -> None:
 
 async def test_a_request_joining_mid_flight_equals_it_alone(engine: DiffusersEngine) -> None:
     server = step_server(engine)
-    alone = await server.generate(job("alone", 21, 22, steps=6))
-    long = asyncio.create_task(server.generate(job("long", 5, steps=30, prompt="a harbour")))
+    alone = await server.generate_pixels(job("alone", 21, 22, steps=6))
+    long = asyncio.create_task(server.generate_pixels(job("long", 5, steps=30, prompt="a harbour")))
     await wait_for(lambda: server.stats()["unet_calls"] >= 3)
-    joined = await server.generate(job("joined", 21, 22, steps=6))
+    joined = await server.generate_pixels(job("joined", 21, 22, steps=6))
     assert not long.done()  # it joined a running batch and finished first
     await long
     stats = server.stats()
@@ -176,7 +176,7 @@ async def test_a_short_request_finishes_before_a_long_running_one(engine: Diffus
     order: list[str] = []
 
     async def run(j: GenerationJob) -> None:
-        await server.generate(j)
+        await server.generate_pixels(j)
         order.append(j.request_id)
 
     long = asyncio.create_task(run(job("long", 1, steps=50)))
@@ -213,12 +213,12 @@ async def test_a_job_asking_for_progress_gets_every_step_in_step_mode(
 
 async def test_a_cancelled_request_leaves_at_the_next_step(engine: DiffusersEngine) -> None:
     server = step_server(engine)
-    doomed = asyncio.create_task(server.generate(job("doomed", 1, 2, steps=40)))
+    doomed = asyncio.create_task(server.generate_pixels(job("doomed", 1, 2, steps=40)))
     await wait_for(lambda: server.stats()["unet_calls"] >= 2)
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
-    kept = await server.generate(job("kept", 3, steps=4))
+    kept = await server.generate_pixels(job("kept", 3, steps=4))
     assert kept.shape == (1, SIZE, SIZE, 3)
     stats = server.stats()
     assert stats["cancelled_requests"] == 1 and stats["dropped_images"] == 2
@@ -245,11 +245,11 @@ async def test_a_failing_request_fails_alone_and_its_tick_mates_go_on(
     engine: DiffusersEngine,
 ) -> None:
     server = step_server(engine, PoisonFamily)
-    good = asyncio.create_task(server.generate(job("good", 1, steps=6)))
+    good = asyncio.create_task(server.generate_pixels(job("good", 1, steps=6)))
     await wait_for(lambda: server.stats()["unet_calls"] >= 1)
     bad = GenerationJob("bad", "poison", None, (2,), SIZE, SIZE, 4, 5.0)
     with pytest.raises(RuntimeError, match="injected"):
-        await server.generate(bad)
+        await server.generate_pixels(bad)
     assert (await good).shape == (1, SIZE, SIZE, 3)
     stats = server.stats()
     assert stats["failed_requests"] == 1 and stats["isolated_ticks"] >= 1
@@ -258,9 +258,9 @@ async def test_a_failing_request_fails_alone_and_its_tick_mates_go_on(
 async def test_rows_of_another_shape_take_turns(engine: DiffusersEngine) -> None:
     server = step_server(engine)
     big = GenerationJob("big", "p", None, (1,), 2 * SIZE, 2 * SIZE, 30, 5.0)
-    long = asyncio.create_task(server.generate(big))
+    long = asyncio.create_task(server.generate_pixels(big))
     await wait_for(lambda: server.stats()["unet_calls"] >= 1)
-    small = await server.generate(job("small", 2, steps=4))
+    small = await server.generate_pixels(job("small", 2, steps=4))
     assert small.shape == (1, SIZE, SIZE, 3) and not long.done()
     assert (await long).shape == (1, 2 * SIZE, 2 * SIZE, 3)
 
@@ -268,7 +268,7 @@ async def test_rows_of_another_shape_take_turns(engine: DiffusersEngine) -> None
 async def test_deep_cache_rows_match_the_request_path(engine: DiffusersEngine) -> None:
     server = step_server(engine)
     j = job("dc", 8, steps=6, cache_interval=3)
-    mine = await server.generate(j)
+    mine = await server.generate_pixels(j)
     assert max_diff(mine, engine.generate(_group_of(j)).images) <= TOLERANCE
 
 

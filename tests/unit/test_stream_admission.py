@@ -7,11 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray.serve import exceptions as serve_exc
 from starlette.testclient import TestClient
 
-from common.job import ImageEvent
 from serve_app.routes import asgi_app
 from tests.unit.test_job_routes import FakeStream, StreamingModel, make_ingress
 
@@ -26,20 +24,20 @@ class RefusedStream(FakeStream):
 
 
 class FullModel(StreamingModel):
-    def remote(self, job: Any) -> FakeStream:
-        stream = RefusedStream(job, self.step_s)
+    def remote(self, job: Any, spec: Any) -> FakeStream:
+        stream = RefusedStream(job, self.step_s, spec, self.encode)
         self.streams.append(stream)
         return stream
 
 
 class FinalOnly(FakeStream):
     async def _events(self) -> Any:
-        yield ImageEvent("final", np.full((self.job.n, 8, 8, 3), 7, np.uint8))
+        yield await self.final()
 
 
 class ReadyModel(StreamingModel):
-    def remote(self, job: Any) -> FakeStream:
-        stream = FinalOnly(job, self.step_s)
+    def remote(self, job: Any, spec: Any) -> FakeStream:
+        stream = FinalOnly(job, self.step_s, spec, self.encode)
         self.streams.append(stream)
         return stream
 
