@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from common.errors import invalid
 from common.job import BatchStats, EncodedImage, EncodeSpec, GenerationJob, ImageEvent
 from common.model_config import BatchingConfig, ModelConfig
 from common.request_context import install_log_context
@@ -48,6 +47,7 @@ from deployments.model.families.registry import FamilyFactory, load_family
 from deployments.model.hires import two_passes
 from deployments.model.interrupts import should_finish
 from deployments.model.lora.bank import LoraBank, bank_for
+from deployments.model.lora.pinning import pin_adapters
 from deployments.model.request_mode.batching import count_images, group_jobs
 from deployments.model.request_mode.engine import Engine, EngineFactory, diffusers_engine_factory
 from deployments.model.request_mode.runner import run_groups
@@ -226,42 +226,10 @@ class ModelServer:
 
     # -- batching -------------------------------------------------------------
 
-    async def _prepare_loras(self, job: GenerationJob) -> list[str]:
-        """Pin the job's adapters and load any that are missing, off the pipeline thread.
-
-        Returns the pinned names (unpinned when the request ends). A bad adapter is a
-        400 for this request only; the replica and the other requests carry on.
-        """
-        if not job.loras:
-            return []
-        if self._loras is None:
-            raise invalid(
-                f"The model '{self.config.id}' does not take LoRA adapters.",
-                param="loras",
-                code="lora_disabled",
-            )
-        if len(job.loras) > self.config.loras.max_per_request:
-            raise invalid(
-                f"{len(job.loras)} LoRA adapters requested; at most "
-                f"{self.config.loras.max_per_request} per request.",
-                param="loras",
-                code="too_many_loras",
-            )
-        names = [ref.name for ref in job.loras]
-        self._loras.pin(names)
-        try:
-            if not all(self._loras.is_loaded(name) for name in names):
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._lora_executor, self._loras.ensure, job.loras)
-        except BaseException:
-            self._loras.unpin(names)
-            raise
-        return names
-
     async def _submit(self, sub: Submission) -> AsyncIterator[ImageEvent]:
         if self._family is not None:
             self._family.check(sub.job)  # what this architecture cannot do is a 400
-        pinned = await self._prepare_loras(sub.job)
+        pinned = await pin_adapters(self._loras, self.config, sub.job, self._lora_executor)
         try:
             passes = (
                 self._one_pass(sub) if sub.job.hires is None else two_passes(sub, self._one_pass)
