@@ -132,12 +132,14 @@ def run_trial(
     schedule: list[float],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    order: Order = "fcfs" if condition == "fcfs" else "priority"
+    # The occupied baseline never queues batch work, so it needs no classes: with
+    # priority a batch job paused there could age past max_batch_wait_s and go first.
+    order: Order = "priority" if condition == "priority" else "fcfs"
     policy = AdmissionPolicy(config.latent_pixel_budget(), order, args.max_batch_wait)
     loop = StepLoop(runner, executor, policy, BatchStats(), ModelMetrics(config.id))
     trial = Trial(loop)
     rng = random.Random(args.seed)
-    reserve = latent_pixels(args.interactive_size, args.interactive_size) * 2
+    reserve = latent_pixels(args.interactive_size, args.interactive_size) * args.reserve
     stop = threading.Event()
     start = time.perf_counter()
 
@@ -216,6 +218,9 @@ def main() -> None:
     parser.add_argument("--calibrate-s", type=float, default=15.0)
     parser.add_argument("--backlog", type=int, default=6, help="batch jobs kept waiting")
     parser.add_argument("--interactive-share", type=float, default=0.2)
+    parser.add_argument(
+        "--reserve", type=int, default=4, help="occupied: interactive images kept free"
+    )
     parser.add_argument("--interactive-size", type=int, default=128)
     parser.add_argument("--interactive-steps", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=16)
