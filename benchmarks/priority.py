@@ -145,19 +145,23 @@ def run_trial(
 
     def feed() -> None:
         index = 0
+        nxt = background_job(rng, index)
         while not stop.is_set():
             if condition == "occupied":
-                nxt = background_job(rng, index)
+                # The same job sequence as the backlog, each sent once it fits beside the
+                # reserve (drawing another would pack the budget with small images).
                 room = policy.budget - reserve - trial.running_pixels()
                 if nxt.n * latent_pixels(nxt.gen_width, nxt.gen_height) <= room:
                     trial.send(nxt, "batch")
                     index += 1
+                    nxt = background_job(rng, index)
                     continue
             elif condition in ("fcfs", "priority"):
                 waiting = loop.snapshot()["waiting_requests"]
                 if waiting < args.backlog:
-                    trial.send(background_job(rng, index), "batch")
+                    trial.send(nxt, "batch")
                     index += 1
+                    nxt = background_job(rng, index)
                     continue
             stop.wait(0.02)
 
