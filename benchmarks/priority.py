@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calibrate-s", type=float, default=15.0)
-    parser.add_argument("--backlog", type=int, default=6, help="batch jobs kept waiting")
+    parser.add_argument("--backlog", type=int, default=12, help="batch jobs kept waiting")
     parser.add_argument("--interactive-share", type=float, default=0.2)
     parser.add_argument(
         "--reserve", type=int, default=4, help="occupied: interactive images kept free"
@@ -240,7 +240,12 @@ def main() -> None:
             "id": args.model,
             "source": f"builtin:{args.model}",
             "torch_threads": args.threads,
-            "batching": {"max_batch_size": args.max_batch_size},
+            # The budget serve_config.yaml gives the tiny model (16 images at its
+            # 128 px generation size), stated here: this config has no generation_scale.
+            "batching": {
+                "max_batch_size": args.max_batch_size,
+                "max_batch_latent_pixels": args.max_batch_size * latent_pixels(128, 128),
+            },
         }
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
