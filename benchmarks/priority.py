@@ -132,30 +132,36 @@ def run_trial(
     schedule: list[float],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    order: Order = "fcfs" if condition == "fcfs" else "priority"
+    # The occupied baseline never queues batch work, so it needs no classes: with
+    # priority a batch job paused there could age past max_batch_wait_s and go first.
+    order: Order = "priority" if condition == "priority" else "fcfs"
     policy = AdmissionPolicy(config.latent_pixel_budget(), order, args.max_batch_wait)
     loop = StepLoop(runner, executor, policy, BatchStats(), ModelMetrics(config.id))
     trial = Trial(loop)
     rng = random.Random(args.seed)
-    reserve = latent_pixels(args.interactive_size, args.interactive_size) * 2
+    reserve = latent_pixels(args.interactive_size, args.interactive_size) * args.reserve
     stop = threading.Event()
     start = time.perf_counter()
 
     def feed() -> None:
         index = 0
+        nxt = background_job(rng, index)
         while not stop.is_set():
             if condition == "occupied":
-                nxt = background_job(rng, index)
+                # The same job sequence as the backlog, each sent once it fits beside the
+                # reserve (drawing another would pack the budget with small images).
                 room = policy.budget - reserve - trial.running_pixels()
                 if nxt.n * latent_pixels(nxt.gen_width, nxt.gen_height) <= room:
                     trial.send(nxt, "batch")
                     index += 1
+                    nxt = background_job(rng, index)
                     continue
             elif condition in ("fcfs", "priority"):
                 waiting = loop.snapshot()["waiting_requests"]
                 if waiting < args.backlog:
-                    trial.send(background_job(rng, index), "batch")
+                    trial.send(nxt, "batch")
                     index += 1
+                    nxt = background_job(rng, index)
                     continue
             stop.wait(0.02)
 
@@ -214,8 +220,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=40.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calibrate-s", type=float, default=15.0)
-    parser.add_argument("--backlog", type=int, default=6, help="batch jobs kept waiting")
+    parser.add_argument("--backlog", type=int, default=12, help="batch jobs kept waiting")
     parser.add_argument("--interactive-share", type=float, default=0.2)
+    parser.add_argument(
+        "--reserve", type=int, default=4, help="occupied: interactive images kept free"
+    )
     parser.add_argument("--interactive-size", type=int, default=128)
     parser.add_argument("--interactive-steps", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -231,7 +240,12 @@ def main() -> None:
             "id": args.model,
             "source": f"builtin:{args.model}",
             "torch_threads": args.threads,
-            "batching": {"max_batch_size": args.max_batch_size},
+            # The budget serve_config.yaml gives the tiny model (16 images at its
+            # 128 px generation size), stated here: this config has no generation_scale.
+            "batching": {
+                "max_batch_size": args.max_batch_size,
+                "max_batch_latent_pixels": args.max_batch_size * latent_pixels(128, 128),
+            },
         }
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
