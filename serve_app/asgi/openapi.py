@@ -151,18 +151,36 @@ def _operation(
     if op is not None and op.request is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _ref(op.request, schemas)}},
+            "content": {"application/json": {"schema": _ref(op.request, schemas, True)}},
         }
     if needs_api_key(path):
         operation["security"] = [{"apiKey": []}]
     return operation
 
 
-def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+def _ref(model: type[BaseModel], schemas: dict[str, Any], request: bool = False) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template=REF, mode="validation")
     schemas.update(schema.pop("$defs", {}))
-    schemas[model.__name__] = schema
+    schemas[model.__name__] = _nulls_allowed(schema) if request else schema
     return {"$ref": REF.format(model=model.__name__)}
+
+
+def _nulls_allowed(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request body's optional members also take ``null``, which means the default in
+    every JSON dialect (``common.errors.drop_nulls``), as the document must say."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        if name in required or _takes_null(prop):
+            continue
+        outer = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+        schema["properties"][name] = {"anyOf": [prop, {"type": "null"}], **outer}
+    return schema
+
+
+def _takes_null(prop: dict[str, Any]) -> bool:
+    return prop.get("type") == "null" or any(
+        option.get("type") == "null" for option in prop.get("anyOf", ())
+    )
 
 
 def _json(schema: dict[str, Any], description: str = "Success") -> dict[str, Any]:
