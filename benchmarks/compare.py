@@ -9,6 +9,11 @@ always runs first on a warm or a cold machine:
   max 8 and a 0.1 s wait), closed loop at each ``--concurrency``;
 - **ours**: this app in a private Ray instance (``benchmarks/server.py``), same loop.
 
+The raw pipeline and LitServe run torch on ``--peer-threads`` threads (every core by
+default: their best when nothing else runs); ours keeps its config's thread rule
+(``torch_threads``, else the model replica's ``num_cpus``), since its proxy, ingress
+and encoder share the same cores.
+
 All three run the first model of ``--config`` at ``--size`` (generated at exactly that
 size: ``generation_scale`` 1), ``--steps`` steps, and both servers answer a base64 PNG
 made by the same encoder function. Each server is started for its phase and stopped
@@ -66,6 +71,7 @@ def litserve_peer(args: argparse.Namespace, port: int) -> Iterator[str]:
     """The peer in its own process group; stopped with SIGTERM, then SIGKILL, by that id."""
     command = [sys.executable, "-m", "benchmarks.peers.litserve_server", "--port", str(port)]
     command += ["--config", str(args.config), "--size", args.size]
+    command += ["--threads", str(args.peer_threads)]
     log_path = Path(tempfile.gettempdir()) / f"compare-litserve-{os.getpid()}.log"
     log = open(log_path, "a")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
@@ -112,7 +118,8 @@ def run_phase(phase: str, args: argparse.Namespace, model: dict[str, Any]) -> An
     width, height = (int(x) for x in args.size.split("x"))
     if phase == "raw":
         body = {"num_inference_steps": args.steps, "prompt": "a lighthouse on a cliff"}
-        return raw_pipeline.measure(model, body, args.batch_sizes, size=(width, height))
+        peer_model = {**model, "torch_threads": args.peer_threads}
+        return raw_pipeline.measure(peer_model, body, args.batch_sizes, size=(width, height))
     if phase == "litserve":
         with litserve_peer(args, args.port + 1) as url:
             return served(url, args)
@@ -190,6 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=8, help="unmeasured per level")
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--port", type=int, default=8770)
+    parser.add_argument(
+        "--peer-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the raw pipeline and LitServe (default: every core, their "
+        "best on an otherwise idle machine); ours runs its config's thread rule",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare-tiny"))
     args = parser.parse_args(argv)
     if 1 not in args.concurrency or 8 not in args.concurrency:

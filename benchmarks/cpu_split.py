@@ -86,9 +86,11 @@ async def measure(url: str, args: argparse.Namespace, workload: Workload) -> dic
     hops = hop_profile.hop_report(
         processes, hop_cpu, recorders, elapsed, int(served.get("images", 0)), args.profile
     )
+    images = int(served.get("images", 0))
     return {
         "served": served,
         "hops": hops,
+        "cpu_outside_torch": hop_profile.cpu_outside_torch(hops, images) if recorders else {},
         "unet_calls_per_s": calls / elapsed,
         "mean_rows_per_call": mean_rows,
         "cpu_share_of_one_core": [
@@ -129,6 +131,8 @@ def main() -> None:
     for entry in result["cpu_share_of_one_core"][:8]:
         print(f"  {entry['share'] * 100:6.1f}% of a core  {entry['process']}")
     print(hop_profile.markdown(result["hops"]))
+    if result["cpu_outside_torch"]:
+        print("CPU ms per image outside torch:", result["cpu_outside_torch"])
     if args.out is not None:
         config = {key: str(value) for key, value in vars(args).items()}
         args.out.write_text(json.dumps({"config": config, **result}, indent=1))

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 HOPS = ("proxy", "ingress", "model", "encoder", "ray core", "client")
+SAMPLE_RATE_HZ = 50  # py-spy samples per second per thread
 
 # Checked in order against every frame of a stack: the first category with a frame
 # in it names the sample. py-spy writes a frame as "func (path:line)", the path
@@ -43,8 +44,8 @@ CATEGORIES = (
 
 def hop_of(cmdline: str) -> str:
     """The hop a process of the app's Ray instance belongs to, from its title."""
-    if "ProxyActor" in cmdline:
-        return "proxy"
+    if "ProxyActor" in cmdline or "haproxy" in cmdline.split(" ", 1)[0]:
+        return "proxy"  # Serve's proxy actor, or with RAY_SERVE_ENABLE_HA_PROXY=1 HAProxy too
     if "ServeReplica:" in cmdline:
         for hop in ("Ingress", "Encoder", "Model"):
             if f":{hop}" in cmdline:
@@ -76,7 +77,10 @@ def is_python(pid: int) -> bool:
 
 
 def start_recording(
-    processes: dict[int, tuple[str, str]], duration_s: float, out_dir: Path, rate: int = 50
+    processes: dict[int, tuple[str, str]],
+    duration_s: float,
+    out_dir: Path,
+    rate: int = SAMPLE_RATE_HZ,
 ) -> dict[int, tuple[subprocess.Popen[bytes], Path]]:
     """``py-spy record`` on every Python hop except the client; returns pid -> (proc, file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +227,32 @@ def markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_outside_torch(
+    rows: list[dict[str, object]], images: int, rate: int = SAMPLE_RATE_HZ
+) -> dict[str, float]:
+    """CPU ms per image spent outside torch: every hop's CPU but the model's and the
+    load generator's (they run no torch), plus the model replica's Python outside
+    torch, counted from its samples (one sample of one running thread is ``1/rate`` s;
+    torch's own OpenMP threads are not Python and are not sampled). Needs ``--profile``."""
+    if not images:
+        return {}
+    outside_model = sum(
+        float(row["cpu_ms_per_image"])  # type: ignore[arg-type]
+        for row in rows
+        if row["hop"] not in ("model", "client")
+    )
+    model = next(row for row in rows if row["hop"] == "model")
+    by = model["by_category"]
+    assert isinstance(by, dict)
+    python = sum(count for name, count in by.items() if not name.startswith("torch:"))
+    model_python = python * 1000 / rate / images
+    return {
+        "outside_model_ms": outside_model,
+        "model_python_ms": model_python,
+        "total_ms": outside_model + model_python,
+    }
+
+
 def cpu_times(pids: list[int]) -> dict[int, float]:
     out = {}
     for pid in pids:
@@ -251,8 +281,10 @@ def main() -> None:
             write_svg(stacks, out_dir / f"{row['hop'].replace(' ', '-')}.svg", str(row["hop"]))
         rows.append({**row, "samples": sum(stacks.values()), "by_category": categories(stacks)})
     split["hops"] = rows
+    split["cpu_outside_torch"] = cpu_outside_torch(rows, int(split["served"]["images"]))
     Path(sys.argv[2]).write_text(json.dumps(split, indent=1))
     print(markdown(rows))
+    print("CPU ms per image outside torch:", split["cpu_outside_torch"])
 
 
 if __name__ == "__main__":

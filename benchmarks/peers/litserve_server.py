@@ -87,10 +87,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
+    model = model_config(args.config, args.model)
+    if args.threads is not None:
+        model = {**model, "torch_threads": args.threads}
     api = ImageAPI(
-        model_config(args.config, args.model),
+        model,
         width,
         height,
         max_batch_size=args.max_batch_size,
