@@ -217,6 +217,10 @@ def _where(_self: Any) -> tuple[int, str]:
 @contextmanager
 def chaos_cluster(port: int, request_timeout_s: float) -> Iterator[ChaosCluster]:
     """Moto, the 3-node cluster and the app; everything is stopped and removed after."""
+    from serve_app.launcher import apply_defaults, private_haproxy_ports
+
+    apply_defaults()  # the serving path as the app ships it
+    private_haproxy_ports()
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster

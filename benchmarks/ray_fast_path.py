@@ -36,6 +36,8 @@ from typing import Any
 import httpx
 
 from benchmarks.stats import Sample, summarize
+from serve_app.launcher import DEFAULTS as LAUNCHER_DEFAULTS
+from serve_app.launcher import HA_PROXY, THROUGHPUT_OPTIMIZED
 
 ROUTE = "/v1/images/generations"
 # The peers' tiny SDXL at 64 px: a 512x512 request generates at 64x64
@@ -47,7 +49,10 @@ BODY = {
     "output_format": "jpeg",
     "num_inference_steps": 20,
 }
-FAST_PATH_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# "on" is what the app ships (serve_app/launcher.py); "off" sets both switches to 0, as
+# the launcher, tests and benchmark servers would turn them on when left unset.
+FAST_PATH_ENV = dict(LAUNCHER_DEFAULTS)
+OFF_ENV = {HA_PROXY: "0", THROUGHPUT_OPTIMIZED: "0"}
 Call = Callable[[httpx.AsyncClient], Awaitable[Sample]]
 
 
@@ -150,8 +155,7 @@ def free_port() -> int:
 
 def child(setting: str, requests: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in FAST_PATH_ENV}
-    if setting == "on":
-        env.update(FAST_PATH_ENV)
+    env.update(FAST_PATH_ENV if setting == "on" else OFF_ENV)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         load = uptime()
         command = [sys.executable, "-m", "benchmarks.ray_fast_path", "--one", out.name]

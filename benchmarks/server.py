@@ -60,6 +60,10 @@ def model_config(config: Path, model_id: str | None = None) -> dict[str, Any]:
 def started_server(
     port: int, config: Path = ROOT / "serve_config.yaml", **model_overrides: Any
 ) -> Iterator[str]:
+    from serve_app.launcher import apply_defaults, private_haproxy_ports
+
+    apply_defaults()  # Ray's serving-path switches as the app ships them, unless set
+    private_haproxy_ports()  # beside a server that holds HAProxy's fixed ports
     import ray
     from ray import serve
 

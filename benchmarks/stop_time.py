@@ -30,7 +30,7 @@ import httpx
 import psutil
 import yaml
 
-from benchmarks.ray_fast_path import FAST_PATH_ENV, free_port, uptime
+from benchmarks.ray_fast_path import FAST_PATH_ENV, OFF_ENV, free_port, uptime
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "serve"
@@ -65,8 +65,7 @@ def one_case(fast_path: bool, sig: signal.Signals, serve: Path) -> dict[str, Any
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in FAST_PATH_ENV}
     env.update({"RAY_TMPDIR": str(ray_dir), "PYTHONPATH": str(ROOT)})
-    if fast_path:
-        env.update(FAST_PATH_ENV)
+    env.update(FAST_PATH_ENV if fast_path else OFF_ENV)
     log = (folder / "serve.log").open("wb")
     proc = subprocess.Popen(
         [str(serve), "run", str(config_copy(folder, port))],

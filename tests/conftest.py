@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
+from serve_app.launcher import apply_defaults, private_haproxy_ports
 from tests.support.s3server import FOREIGN_AWS_ENV, TEST_AWS_ENV, MotoServer
+
+# Ray's serving-path switches as the app ships them (HAProxy, throughput-optimized
+# Serve), before anything imports ray.serve; every Ray the suite starts inherits them.
+# HAProxy's own listeners get free ports: a developer's server may hold Ray's fixed ones.
+apply_defaults()
+private_haproxy_ports()
 
 # Built-in models and stored images go to a throwaway folder, never the user's cache.
 # Set before anything starts Ray, so replicas inherit it.

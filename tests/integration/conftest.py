@@ -34,6 +34,7 @@ import yaml
 
 from common.config import WebhookConfig
 from serve_app.app import SIGNING_KEY_ENV
+from tests.support import handles
 
 WEBHOOK_SECRET_ENV = WebhookConfig().secret_env or "IMAGEGEN_WEBHOOK_SECRET"
 
@@ -161,6 +162,7 @@ def ray_serve() -> Iterator[int]:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
     finally:
+        handles.forget_handles()
         ray.shutdown()
         if not os.environ.get("IMAGEGEN_KEEP_RAY_LOGS"):
             shutil.rmtree(ray_dir, ignore_errors=True)
@@ -262,10 +264,7 @@ def http(base_url: str) -> Iterator[httpx.Client]:
 
 
 def model_stats() -> dict[str, Any]:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
-    return handle.stats.remote().result()
+    return handles.call(APP_NAME, MODEL_DEPLOYMENT, "stats")
 
 
 def model_replica_names() -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import app_args_for_tests, wait_until
+from tests.support import handles
 from tests.support.images import decode_b64
 
 APP = "imagegen-a1111-replicas"
@@ -96,12 +97,9 @@ def in_background(results: dict[str, httpx.Response], key: str, *args: Any) -> t
 def model_calls() -> int:
     """UNet calls of both model replicas together (asked once they are idle: a
     replica takes one request at a time, so ``stats`` waits behind a running job)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP)
     seen: dict[tuple[Any, ...], int] = {}
     for _ in range(40):
-        stats = handle.stats.remote().result(timeout_s=60)
+        stats = handles.call(APP, MODEL_DEPLOYMENT, "stats", timeout_s=60)
         key = (stats["unet_calls"], stats["requests"], stats["images"], stats["dropped_images"])
         seen[key] = stats["unet_calls"]
         if len(seen) == 2:

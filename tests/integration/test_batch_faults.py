@@ -23,6 +23,7 @@ import pytest
 from deployments.model.request_mode.batching import GenerationGroup
 from deployments.model.request_mode.engine import DiffusersEngine, GroupOutput
 from tests.integration.conftest import app_args_for_tests, wait_until
+from tests.support import handles
 from tests.support.images import decode_b64
 
 FAULTY_APP, FAULTY_PREFIX = "imagegen-faulty", "/faulty"
@@ -75,8 +76,7 @@ def faulty(ray_serve: int) -> Iterator[tuple[str, Any]]:
     serve.run(
         build_app_with_engine(args, PoisonedEngine), name=FAULTY_APP, route_prefix=FAULTY_PREFIX
     )
-    handle = serve.get_deployment_handle(f"Model:{model['id']}", FAULTY_APP)
-    yield f"http://127.0.0.1:{ray_serve}{FAULTY_PREFIX}", handle
+    yield f"http://127.0.0.1:{ray_serve}{FAULTY_PREFIX}", f"Model:{model['id']}"
     serve.delete(FAULTY_APP)
     shutil.rmtree(image_dir, ignore_errors=True)
 
@@ -84,17 +84,18 @@ def faulty(ray_serve: int) -> Iterator[tuple[str, Any]]:
 def test_a_failing_request_fails_alone_and_its_batch_mates_succeed(
     faulty: tuple[str, Any],
 ) -> None:
-    base_url, handle = faulty
-    before = handle.stats.remote().result()
+    base_url, model_deployment = faulty
+
+    def stats() -> dict[str, Any]:
+        return handles.call(FAULTY_APP, model_deployment, "stats")
+
+    before = stats()
 
     def post(prompt: str, steps: int) -> httpx.Response:
         body = {"prompt": prompt, "size": "256x256", "num_inference_steps": steps, "seed": 5}
         return httpx.post(f"{base_url}/v1/images/generations", json=body, timeout=120)
 
     release = Path(tempfile.mkdtemp(prefix="imagegen-hold-")) / "release"
-
-    def stats() -> dict[str, Any]:
-        return handle.stats.remote().result()
 
     with ThreadPoolExecutor(3) as pool:
         # A held request keeps the replica busy, so the next two wait and share a batch.
@@ -114,7 +115,7 @@ def test_a_failing_request_fails_alone_and_its_batch_mates_succeed(
     assert bad.status_code == 500
     error = bad.json()["error"]
     assert error["type"] == "server_error" and "Traceback" not in error["message"]
-    after = handle.stats.remote().result()
+    after = stats()
     assert after["split_batches"] - before["split_batches"] == 1
     assert after["failed_requests"] - before["failed_requests"] == 1
     assert after["batch_size_histogram"].get(2, 0) > before["batch_size_histogram"].get(2, 0)

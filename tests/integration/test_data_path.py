@@ -20,6 +20,7 @@ import numpy as np
 
 from common.job import EncodedImage, EncodeSpec, GenerationJob, ImageEvent
 from tests.integration.conftest import APP_NAME, MODEL_DEPLOYMENT, model_stats
+from tests.support import handles
 
 ROUTE = "/v1/images/generations"
 # tiny-sdxl generates a 1024x1024 request at 128x128 (generation_scale 0.125).
@@ -93,17 +94,14 @@ def test_an_async_job_with_progress_brings_back_urls_and_progress(http: httpx.Cl
 
 def test_handle_calls_return_no_arrays() -> None:
     """Measured on this side of the handle: the pickled size of what came back."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, APP_NAME)
     job = GenerationJob("handle-bytes", "a boat", None, (1, 2), 128, 128, 6, 5.0)
     spec = EncodeSpec("handle-bytes", 64, 64, "png", None, "b64_json")
-    images = handle.generate.remote(job, spec).result(timeout_s=120)
+    images = handles.call(APP_NAME, MODEL_DEPLOYMENT, "generate", job, spec)
     assert all(isinstance(image, EncodedImage) for image in images)
     encoded = sum(len(image.b64_json or "") for image in images)
     assert len(pickle.dumps(images)) < encoded + 500 < 2 * FINAL_BYTES
     streamed = dataclasses.replace(job, request_id="handle-stream", partial_images=2)
-    events = list(handle.options(stream=True).generate_stream.remote(streamed, spec))
+    events = handles.stream(APP_NAME, MODEL_DEPLOYMENT, "generate_stream", streamed, spec)
     assert [e.kind for e in events] == ["partial", "partial", "final"]
     for event in events:
         assert isinstance(event, ImageEvent) and event.pixels is None

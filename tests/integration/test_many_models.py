@@ -6,8 +6,8 @@ The ingress routes by ``model`` (id or alias); ``/v1/models`` lists them all.
 from __future__ import annotations
 
 import openai
-from ray import serve
 
+from tests.support import handles
 from tests.support.images import assert_close, decode_b64
 from tests.support.scaling_app import (
     MODEL,
@@ -22,8 +22,7 @@ from tests.support.scaling_app import (
 
 
 def stats(model_id: str) -> dict:
-    handle = serve.get_deployment_handle(deployment(model_id), SCALING_APP)
-    return handle.stats.remote().result()
+    return handles.call(SCALING_APP, deployment(model_id), "stats")
 
 
 def test_models_route_by_name_with_their_own_defaults_and_replicas(scaling_url: str) -> None:

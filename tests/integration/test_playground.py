@@ -32,7 +32,7 @@ DONE = ".card[data-state=done]"
 
 def model_stats() -> dict[str, Any]:
     """The model replica's stats, read off the thread where Playwright's sync API runs
-    its event loop (Serve refuses blocking handle calls inside a running loop)."""
+    its event loop (nothing blocks inside that loop)."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(serve_model_stats).result()
 

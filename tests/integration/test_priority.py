@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import app_args_for_tests, wait_until
+from tests.support import handles
 from tests.support.hardened_app import API_KEY, BATCH_KEY
 from tests.support.http import assert_error
 from tests.support.images import decode_b64, pixels
@@ -66,10 +67,7 @@ def sdk(url: str) -> openai.OpenAI:
 
 
 def model_stats() -> dict[str, Any]:
-    from ray import serve
-
-    handle = serve.get_deployment_handle("Model:tiny-sdxl", APP)
-    return handle.stats.remote().result()
+    return handles.call(APP, "Model:tiny-sdxl", "stats")
 
 
 def submit_job(http: httpx.Client, **body: Any) -> str:

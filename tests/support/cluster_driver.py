@@ -73,6 +73,10 @@ def reader_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(endpoint: str, bucket: str) -> None:
+    from serve_app.launcher import private_haproxy_ports
+
+    # This cluster's HAProxy runs beside the session's (inherited ports): its own ones.
+    private_haproxy_ports()
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster

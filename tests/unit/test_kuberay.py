@@ -333,6 +333,17 @@ def test_model_cache_volume_and_secrets(manifest: dict[str, Any]) -> None:
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IMAGEGEN_URL_SIGNING_KEY"} <= names
 
 
+def test_every_pod_turns_on_rays_serving_path_switches(manifest: dict[str, Any]) -> None:
+    """Ray reads them at start in each process of each node: head and workers alike,
+    with the values the README's launcher sets (serve_app/launcher.py)."""
+    from serve_app.launcher import SWITCHES
+
+    head = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]
+    for group in [head, *groups(manifest).values()]:
+        env = {var["name"]: var.get("value") for var in container(group)["env"]}
+        assert {name: env.get(name) for name in SWITCHES} == SWITCHES, group.get("groupName")
+
+
 def test_ray_versions_match(manifest: dict[str, Any]) -> None:
     """The Docker base image, rayVersion, the pyproject pin and the tested Ray agree."""
     version = manifest["spec"]["rayClusterConfig"]["rayVersion"]
