@@ -18,7 +18,7 @@ import numpy as np
 
 from common.errors import invalid
 from common.job import GenerationJob, LoraRef
-from deployments.model.families.base import Row, TickCache
+from deployments.model.families.base import Row, TickCache, admit_each, step_each
 
 SIZE = 4  # decoded images are SIZE x SIZE
 
@@ -105,6 +105,14 @@ class FakeFamily:
         assert isinstance(row, FakeRow)
         row.value += prediction_
         row.position += 1
+
+    def admit_many(
+        self, requests: Sequence[tuple[GenerationJob, Any]]
+    ) -> list[list[Row] | Exception]:
+        return admit_each(self, requests)
+
+    def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+        return step_each(self, rows, predictions)
 
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
         return self._images(rows)

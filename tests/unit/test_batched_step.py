@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from common.job import GenerationJob
-from deployments.model.families.base import Row
+from deployments.model.families.base import Row, step_each
 from deployments.model.families.batched_step import batched_kind, step_rows
 from deployments.model.scheduler.runner import StepRunner
 from tests.support.fake_family import FakeFamily
@@ -138,7 +138,8 @@ def run_images(family: Any, vectorised: bool, guidance: float) -> np.ndarray:
     """Three staggered requests through the step runner; their decoded images."""
     runner = StepRunner(family)
     if not vectorised:
-        family.step_batch = None  # the runner then steps row by row
+        # Row by row, each with its own scheduler: what step_batch does for other samplers.
+        family.step_batch = lambda rows, predictions: step_each(family, rows, predictions)
     jobs = [
         GenerationJob(f"r{i}", "a lighthouse", None, (i, i + 7), 64, 64, steps, guidance)
         for i, steps in enumerate((8, 6, 8))

@@ -88,6 +88,15 @@ class Family(Protocol):
         """Encode the request's prompt once and prepare one row per image."""
         ...
 
+    def admit_many(
+        self, requests: Sequence[tuple[GenerationJob, Any]]
+    ) -> list[list[Row] | Exception]:
+        """Requests admitted in the same round, prompts encoded together where the
+        family can (:func:`admit_each` where it cannot): each request's rows, or the
+        exception that refused it, in order. Raising refuses none of them (the runner
+        then admits them one at a time)."""
+        ...
+
     def predict(self, rows: Sequence[Row], cache: TickCache | None) -> list[Any]:
         """One denoiser call over ``rows`` (``sum(row.passes)`` batch entries, in row
         order); returns each row's guided prediction. Raising changes no row."""
@@ -95,6 +104,11 @@ class Family(Protocol):
 
     def step(self, row: Row, prediction: Any) -> None:
         """Advance ``row`` by one step with its own scheduler (and inpaint blend)."""
+        ...
+
+    def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+        """Step every row once (vectorised where the samplers allow: ``batched_step.py``;
+        :func:`step_each` otherwise): each row's exception or None, in row order."""
         ...
 
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
@@ -116,6 +130,32 @@ class Family(Protocol):
     def pin_threads(self) -> None:
         """Pin torch's intra-op threads in the calling thread (a no-op without torch)."""
         ...
+
+
+def admit_each(
+    family: Family, requests: Sequence[tuple[GenerationJob, Any]]
+) -> list[list[Row] | Exception]:
+    """:meth:`Family.admit_many` for a family that encodes prompts one at a time."""
+    out: list[list[Row] | Exception] = []
+    for job, owner in requests:
+        try:
+            out.append(family.admit(job, owner))
+        except Exception as exc:  # noqa: BLE001 - fails only this request
+            out.append(exc)
+    return out
+
+
+def step_each(family: Family, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
+    """:meth:`Family.step_batch` row by row: a failing step stays with its own row."""
+    errors: list[Exception | None] = []
+    for row, prediction in zip(rows, predictions, strict=True):
+        try:
+            family.step(row, prediction)
+        except Exception as exc:  # noqa: BLE001 - fails only this row's request
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
 
 
 def per_entry_adapters(rows: Sequence[Row]) -> list[tuple[LoraRef, ...]]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from common.errors import invalid
 from common.job import GenerationJob
-from deployments.model.families.base import Row, TickCache
+from deployments.model.families.base import Row, TickCache, admit_each
 from deployments.model.families.batched_step import step_rows
 from deployments.model.families.derived import DerivedPipelines, gray_image, rgb_image
 from deployments.model.families.flow_match import (
@@ -140,6 +140,12 @@ class PackedFlowFamily:
 
     def step(self, row: Row, prediction: Any) -> None:
         step_row(cast(FlowRow, row), prediction)
+
+    def admit_many(
+        self, requests: Sequence[tuple[GenerationJob, Any]]
+    ) -> list[list[Row] | Exception]:
+        """One request at a time (FLUX overrides this with one prompt encoding)."""
+        return admit_each(self, requests)
 
     def step_batch(self, rows: Sequence[Row], predictions: Sequence[Any]) -> list[Any]:
         """Flow-match Euler rows in one vectorised update, inpaint rows one by one."""

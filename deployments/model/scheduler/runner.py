@@ -3,10 +3,10 @@
 This is the generic half of a tick. The family predicts (one denoiser call over the
 rows, each with its own timestep, conditioning and guidance) and steps each row with
 its own scheduler; this runner wraps the call in the LoRA row context (batch entry
-*i* gets the adapters of the row it belongs to) and isolates a failing row's step
-from its tick mates. A family with a ``step_batch(rows, predictions)`` (the real
-ones: ``families/batched_step.py``) steps its plain-Euler rows in one vectorised
-update; others step row by row. Everything here runs on the replica's single pipeline thread.
+*i* gets the adapters of the row it belongs to) and steps the rows through the
+family's ``step_batch`` (plain-Euler rows in one vectorised update:
+``families/batched_step.py``), which keeps a failing row's step from its tick mates.
+Everything here runs on the replica's single pipeline thread.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from common.job import GenerationJob, LoraRef
-from deployments.model.families.base import Family, Row, TickCache, per_entry_adapters
+from deployments.model.families.base import (
+    Family,
+    Row,
+    TickCache,
+    admit_each,
+    per_entry_adapters,
+)
 
 LoraRows = Callable[[Sequence[tuple[LoraRef, ...]]], contextlib.AbstractContextManager[Any]]
 
@@ -46,23 +52,16 @@ class StepRunner:
         self, requests: Sequence[tuple[GenerationJob, Any]]
     ) -> list[list[Row] | Exception]:
         """Requests admitted in the same round: each one's rows, or the exception that
-        refused it, in order. A family with ``admit_many`` encodes their prompts in one
-        call; if that call fails, each request is admitted alone so a bad one fails alone.
+        refused it, in order. The family encodes their prompts together where it can;
+        if that fails as a whole, each request is admitted alone so a bad one fails alone.
         """
         self.family.pin_threads()
-        many = getattr(self.family, "admit_many", None)
-        if many is not None and len(requests) > 1:
+        if len(requests) > 1:
             try:
-                return list(many(requests))
+                return list(self.family.admit_many(requests))
             except Exception:  # noqa: BLE001 - retried one request at a time below
                 pass
-        out: list[list[Row] | Exception] = []
-        for job, owner in requests:
-            try:
-                out.append(self.family.admit(job, owner))
-            except Exception as exc:  # noqa: BLE001 - fails only this request
-                out.append(exc)
-        return out
+        return admit_each(self.family, requests)
 
     def new_cache(self, interval: int) -> TickCache:
         return self.family.new_cache(interval)
@@ -77,18 +76,7 @@ class StepRunner:
         self.family.pin_threads()
         with self._lora_rows(per_entry_adapters(rows)):
             predictions = self.family.predict(rows, cache)
-        step_batch = getattr(self.family, "step_batch", None)
-        if step_batch is not None:  # one vectorised step where the rows' samplers allow it
-            return list(step_batch(rows, predictions))
-        errors: list[Exception | None] = []
-        for row, prediction in zip(rows, predictions, strict=True):
-            try:
-                self.family.step(row, prediction)
-            except Exception as exc:  # noqa: BLE001 - fails only this row's request
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
+        return list(self.family.step_batch(rows, predictions))
 
     def preview(self, rows: Sequence[Row]) -> np.ndarray:
         return self.family.preview(rows)
