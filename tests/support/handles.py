@@ -69,10 +69,19 @@ def stream(
 
 
 def forget_handles() -> None:
-    """Drop the cached handles (after ``ray.shutdown()``: they belong to that Ray)."""
+    """Before ``ray.shutdown()``: drop the handles and stop their loop, so that their
+    routers' background tasks (metrics pushes) do not outlive the Ray they belong to."""
+    global _loop
+    with _lock:
+        loop, _loop = _loop, None
+    if loop is None or loop.is_closed():
+        return
 
     async def clear() -> None:
         _handles.clear()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
 
-    if _loop is not None and not _loop.is_closed():
-        _run(clear(), 10)
+    asyncio.run_coroutine_threadsafe(clear(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
